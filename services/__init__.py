@@ -1,0 +1,1 @@
+"""callray: OpenAI Realtime voice agents for phone and browser calls, on Ray."""

@@ -1,0 +1,101 @@
+"""Settings, read once from the environment and flags into frozen objects.
+
+Nothing below an entry point reads ``os.environ``: entry points call :func:`load_settings` and pass
+the result (or the part a component needs) down. Every object here pickles, so it can be handed to
+Ray actors as a constructor argument. Secrets never appear in ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from services.errors import ConfigError
+
+OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+# The Agents SDKs (JS 0.17, Python 0.22) default to this model; `gpt-realtime` is announced for
+# shutdown on 2027-01-20 (reference/realtime-protocol.md, section 0).
+DEFAULT_MODEL = "gpt-realtime-2.1"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A string that never shows itself in ``repr``/``str`` (logs, tracebacks, pickled reprs)."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('****')" if self.value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Where the Realtime model lives and how to reach it.
+
+    ``url`` is the base endpoint (``ws(s)://host/v1/realtime``); ``None`` means "no model
+    configured": the embedded defaults then start our local model server.
+    """
+
+    api_key: Secret
+    url: str | None
+    model: str
+
+    @property
+    def uses_local_model(self) -> bool:
+        return self.url is None
+
+
+@dataclass(frozen=True)
+class LocalModelSettings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    mode: str = "scripted"
+    scenario: str | None = None
+    # How much faster than real time the server streams output audio (the real API is faster
+    # than real time too; a bridge must not assume otherwise).
+    speed: float = 4.0
+    # Output audio is sent in deltas of this many milliseconds of audio.
+    chunk_ms: int = 50
+    # Client messages above this size get an `error` event (the socket itself accepts 4x more, so
+    # an oversize message is answered rather than closing the connection).
+    max_message_bytes: int = 16 * 1024 * 1024
+    # When set, clients must send `Authorization: Bearer <api_key>`; when empty, any bearer works.
+    api_key: Secret = Secret("")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: ModelSettings
+    local_model: LocalModelSettings
+
+
+def _check_ws_url(name: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ConfigError(f"{name} must be a ws:// or wss:// URL with a host, got {url!r}")
+    return url
+
+
+def load_model_settings(env: Mapping[str, str]) -> ModelSettings:
+    """Resolve the model endpoint: ``CALLRAY_MODEL_URL``, else OpenAI's when a key is set."""
+    key = env.get("OPENAI_API_KEY", "").strip()
+    url = env.get("CALLRAY_MODEL_URL", "").strip() or None
+    if url is not None:
+        url = _check_ws_url("CALLRAY_MODEL_URL", url)
+    elif key:
+        url = OPENAI_REALTIME_URL
+    model = env.get("CALLRAY_MODEL", "").strip() or DEFAULT_MODEL
+    return ModelSettings(api_key=Secret(key), url=url, model=model)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read every setting once. ``env`` defaults to the process environment."""
+    source = os.environ if env is None else env
+    return Settings(model=load_model_settings(source), local_model=LocalModelSettings())

@@ -1,0 +1,113 @@
+"""The one exception tree of callray.
+
+    CallrayError
+    ├── ConfigError               a setting is missing or malformed
+    ├── ProtocolError             input on a wire was wrong; the message says what and where
+    │   ├── RealtimeProtocolError     a Realtime event (either direction)
+    │   └── AudioFormatError          audio bytes or an audio format description
+    ├── TransportError            a connection could not be used
+    │   ├── TransportClosed           the peer or we closed it (code, reason)
+    │   └── NotConnected              an operation needs an open connection
+    ├── ProviderError             the model provider answered with an error (``retryable``)
+    ├── ToolError                 raised by a tool; its message is shown to the model
+    └── UserError                 the library was used the wrong way (bad argument, wrong state)
+
+Every exception pickles with its attributes, because exceptions cross actor boundaries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CallrayError(Exception):
+    """Root of every exception callray raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions with keyword-only attributes do not pickle by default; rebuild from __dict__.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[CallrayError], args: tuple[Any, ...], state: dict[str, Any]) -> CallrayError:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, *args)
+    exc.__dict__.update(state)
+    return exc
+
+
+class ConfigError(CallrayError):
+    """A setting is missing or has a value we cannot use."""
+
+
+class UserError(CallrayError):
+    """The API was called with a wrong argument or in a wrong state."""
+
+
+class ProtocolError(CallrayError):
+    """Input received on a wire is malformed or out of order.
+
+    ``field`` names the offending part (a JSON path such as ``session.audio.input.format``) when
+    one is known, so that logs and error replies say exactly what was wrong.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class RealtimeProtocolError(ProtocolError):
+    """A Realtime API event could not be parsed or is not valid for the current state."""
+
+
+class AudioFormatError(ProtocolError):
+    """Audio bytes or an audio format description cannot be used."""
+
+
+class TransportError(CallrayError):
+    """A connection could not be opened or used."""
+
+
+class NotConnected(TransportError):
+    """The operation needs an open connection and there is none."""
+
+
+class TransportClosed(TransportError):
+    """The connection was closed, by the peer or by us."""
+
+    def __init__(self, message: str, *, code: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+class ProviderError(CallrayError):
+    """The model provider reported an error.
+
+    ``retryable`` says whether the same request may succeed later (rate limits, server errors,
+    dropped connections) or never will (invalid request, authentication).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        code: str | None = None,
+        error_type: str | None = None,
+        param: str | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.code = code
+        self.error_type = error_type
+        self.param = param
+        self.event_id = event_id
+
+
+class ToolError(CallrayError):
+    """Raised by a tool to tell the model what went wrong; the message is sent to the model.
+
+    Any other exception from a tool is logged and reported to the model as a generic failure,
+    so internal details never reach the caller.
+    """

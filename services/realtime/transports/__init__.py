@@ -1,0 +1,1 @@
+"""Transports between a RealtimeSession and the model (the seed's table of transports)."""
