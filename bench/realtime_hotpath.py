@@ -11,7 +11,8 @@ Measures events per CPU-second for the two per-frame paths of every call:
 Both run through ``OpenAIRealtimeWebSocket`` itself, with no socket behind it.
 
 Run: ``.venv/bin/python -m bench.realtime_hotpath [--events N]``. Writes
-``bench/results/realtime_hotpath.json``. Target (issue 2): >= 100,000 events per CPU-second each way.
+``bench/results/realtime_hotpath.json``. Target (issue 2): >= 100,000 events per CPU-second
+each way.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ def bench_inbound(events: int) -> float:
             {
                 "type": "session.updated",
                 "event_id": "e",
-                "session": {"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcmu"}}}},
+                "session": {
+                    "type": "realtime",
+                    "audio": {"output": {"format": {"type": "audio/pcmu"}}},
+                },
             }
         )
     )

@@ -21,7 +21,7 @@ from services.errors import CallrayError
 
 
 def _model_command(args: argparse.Namespace) -> int:
-    from services.localmodel.server import serve_forever
+    from services.localmodel.server import LocalModelServer, serve_forever
 
     settings = load_settings().local_model
     settings = replace(
@@ -32,16 +32,19 @@ def _model_command(args: argparse.Namespace) -> int:
         scenario=args.scenario,
         speed=args.speed,
     )
-    print(
-        f"callray local model: ws://{settings.host}:{settings.port}/v1/realtime "
-        f"(mode {settings.mode}, scenario {settings.scenario or 'default'}, "
-        f"audio at {settings.speed:g}x real time)\n"
-        f"  official client: AsyncOpenAI(base_url='http://{settings.host}:{settings.port}/v1')\n"
-        "  Ctrl-C stops it.",
-        flush=True,
-    )
+
+    def banner(server: LocalModelServer) -> None:
+        base = f"http://{settings.host}:{server.port}/v1"
+        print(
+            f"callray local model: {server.url} (mode {settings.mode}, "
+            f"scenario {settings.scenario or 'default'}, audio at {settings.speed:g}x real time)\n"
+            f"  official client: AsyncOpenAI(base_url='{base}')\n"
+            "  Ctrl-C stops it.",
+            flush=True,
+        )
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(settings))
+        asyncio.run(serve_forever(settings, on_ready=banner))
     return 0
 
 

@@ -71,7 +71,12 @@ def response_done(response_id: str = "resp_1", status: str = "completed") -> dic
     return {
         "type": "response.done",
         "event_id": "ev",
-        "response": {"id": response_id, "object": "realtime.response", "status": status, "output": []},
+        "response": {
+            "id": response_id,
+            "object": "realtime.response",
+            "status": status,
+            "output": [],
+        },
     }
 
 
@@ -84,7 +89,10 @@ def session_updated(interrupt_response: bool, fmt: str = "audio/pcmu") -> dict[s
             "audio": {
                 "input": {
                     "format": {"type": fmt},
-                    "turn_detection": {"type": "server_vad", "interrupt_response": interrupt_response},
+                    "turn_detection": {
+                        "type": "server_vad",
+                        "interrupt_response": interrupt_response,
+                    },
                 },
                 "output": {"format": {"type": fmt}},
             },

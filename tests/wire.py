@@ -26,10 +26,20 @@ class WireValidator:
     def __init__(self) -> None:
         self.failures: list[str] = []
         self.counts = {"client": 0, "server": 0}
+        self._tolerated: set[tuple[str, str]] = set()
+        self.client_log: list[dict[str, Any]] = []  # client events in the order they were seen
+
+    def tolerate(self, direction: str, event_type: str) -> None:
+        """Skip ``event_type`` in ``direction``: for tests that send invalid events on purpose."""
+        self._tolerated.add((direction, event_type))
 
     def __call__(self, direction: str, event: dict[str, Any]) -> None:
         adapter = SERVER_EVENTS if direction == "server" else CLIENT_EVENTS
         self.counts[direction] += 1
+        if direction == "client":
+            self.client_log.append(event)
+        if (direction, event.get("type")) in self._tolerated:
+            return
         try:
             adapter.validate_python(event)
         except ValidationError as exc:

@@ -36,11 +36,17 @@ SIP_UNSUPPORTED_TURN_FIELDS = ("threshold", "prefix_padding_ms", "silence_durati
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Merge ``override`` into a copy of ``base``; nested objects merge, anything else replaces
-    (``None`` included: it is how the API turns a feature off)."""
+    (``None`` included: it is how the API turns a feature off). Objects of a different ``type``
+    (an audio format, a turn-detection mode) replace each other whole: their fields differ."""
     out = copy.deepcopy(dict(base))
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
+        old = out.get(key)
+        if (
+            isinstance(value, Mapping)
+            and isinstance(old, Mapping)
+            and value.get("type", old.get("type")) == old.get("type")
+        ):
+            out[key] = deep_merge(old, value)
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -41,9 +41,20 @@ def test_unknown_type_is_an_event_not_an_error() -> None:
     ("raw", "field"),
     [
         ({"type": "input_audio_buffer.speech_started", "item_id": "i"}, "audio_start_ms"),
-        ({"type": "input_audio_buffer.speech_started", "item_id": "i", "audio_start_ms": "5"}, "audio_start_ms"),
+        (
+            {"type": "input_audio_buffer.speech_started", "item_id": "i", "audio_start_ms": "5"},
+            "audio_start_ms",
+        ),
         ({"type": "response.output_audio.delta", "item_id": "i"}, "response_id"),
-        ({"type": "conversation.item.truncated", "item_id": "i", "content_index": 0, "audio_end_ms": True}, "audio_end_ms"),
+        (
+            {
+                "type": "conversation.item.truncated",
+                "item_id": "i",
+                "content_index": 0,
+                "audio_end_ms": True,
+            },
+            "audio_end_ms",
+        ),
         ({"type": 3}, "type"),
     ],
 )

@@ -116,7 +116,7 @@ def test_truncate_never_exceeds_received_audio() -> None:
     t = barge_in_setup(interrupt_response=True, tracker=tracker)
     tracker.on_play_ms("item_a", 0, 9000)
     t.interrupt()
-    truncate = [e for e in t.take() if e["type"] == "conversation.item.truncate"][0]
+    truncate = next(e for e in t.take() if e["type"] == "conversation.item.truncate")
     assert truncate["audio_end_ms"] == 500
 
 
@@ -159,14 +159,21 @@ def test_function_call_dispatched_once_when_item_completes() -> None:
         "name": "lookup_order",
         "arguments": "",
     }
-    added = {"type": "response.output_item.added", "event_id": "e", "response_id": "r", "output_index": 0}
+    added = {
+        "type": "response.output_item.added",
+        "event_id": "e",
+        "response_id": "r",
+        "output_index": 0,
+    }
     t.feed({**added, "item": item})
     assert calls == []
     done = {**added, "type": "response.output_item.done"}
     completed = {**item, "status": "completed", "arguments": '{"order_id":"A1"}'}
     t.feed({**done, "item": completed})
     t.feed({**done, "item": completed})  # a repeat never runs the tool twice
-    assert calls == [TransportToolCall("item_f", "call_9", "lookup_order", '{"order_id":"A1"}', "r")]
+    assert calls == [
+        TransportToolCall("item_f", "call_9", "lookup_order", '{"order_id":"A1"}', "r")
+    ]
 
 
 def test_bad_frames_become_errors_and_raw_events_reach_star() -> None:
@@ -181,7 +188,10 @@ def test_bad_frames_become_errors_and_raw_events_reach_star() -> None:
     assert len(errors) == 3
     assert all(isinstance(e.error, RealtimeProtocolError) for e in errors)
     assert "audio_start_ms" in str(errors[2].error)
-    assert [r["type"] for r in raw] == ["input_audio_buffer.speech_started", "response.future_event"]
+    assert [r["type"] for r in raw] == [
+        "input_audio_buffer.speech_started",
+        "response.future_event",
+    ]
 
 
 def test_mute_drops_audio_and_commit_is_sent() -> None:
@@ -225,5 +235,5 @@ def test_output_format_from_session_sets_audio_duration() -> None:
     t.feed(audio_delta("item_a", base64.b64encode(b"\x00" * 4800).decode()))
     tracker.on_play_ms("item_a", 0, 400)
     t.interrupt()
-    truncate = [e for e in t.take() if e["type"] == "conversation.item.truncate"][0]
+    truncate = next(e for e in t.take() if e["type"] == "conversation.item.truncate")
     assert truncate["audio_end_ms"] == 100

@@ -88,7 +88,9 @@ async def test_internal_errors_stay_internal(caplog: pytest.LogCaptureFixture) -
 
 
 async def test_deadline_gives_timeout_output() -> None:
-    result = await InProcessToolRunner().run(slow_callback, ctx_for("book_callback", {"minutes": 5}))
+    result = await InProcessToolRunner().run(
+        slow_callback, ctx_for("book_callback", {"minutes": 5})
+    )
     assert result.outcome == "timeout"
     assert result.output == "The tool book_callback timed out after 0.05 seconds."
 
@@ -117,15 +119,25 @@ def test_initial_config_merges_options_over_defaults() -> None:
     )
     config = build_initial_config(
         agent,
-        {"audio": {"input": {"format": "g711_ulaw", "turn_detection": {"type": "server_vad"}}}},
+        {
+            "audio": {
+                "input": {"format": "g711_ulaw", "turn_detection": {"type": "server_vad"}},
+                "output": {"format": {"type": "audio/pcma"}},
+            }
+        },
         model="gpt-realtime",
         context={"caller": "Ana"},
     )
     assert config["type"] == "realtime" and config["model"] == "gpt-realtime"
     assert config["instructions"] == "Help Ana."
     assert config["audio"]["input"]["format"] == {"type": "audio/pcmu"}
-    assert config["audio"]["input"]["turn_detection"] == {"type": "server_vad", "interrupt_response": True}
-    assert config["audio"]["output"] == {"format": {"type": "audio/pcm", "rate": 24000}, "speed": 1.0, "voice": "cedar"}
+    # A different mode or format replaces the default whole: their fields do not mix.
+    assert config["audio"]["input"]["turn_detection"] == {"type": "server_vad"}
+    assert config["audio"]["output"] == {
+        "format": {"type": "audio/pcma"},
+        "speed": 1.0,
+        "voice": "cedar",
+    }
     assert [t["name"] for t in config["tools"]] == ["lookup_order", "transfer_to_billing_desk"]
     assert Handoff.to(billing).tool_name == "transfer_to_billing_desk"
     validate_client_event({"type": "session.update", "session": config})
@@ -135,5 +147,7 @@ def test_sip_config_refuses_fields_the_calls_api_rejects() -> None:
     agent = RealtimeAgent(name="A")
     with pytest.raises(Exception, match="threshold"):
         build_initial_config(
-            agent, {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 0.4}}}}, for_sip=True
+            agent,
+            {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 0.4}}}},
+            for_sip=True,
         )
