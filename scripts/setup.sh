@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(espeak-ng)
+APT_PACKAGES=(espeak-ng redis-server)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

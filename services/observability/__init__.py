@@ -1,0 +1,1 @@
+"""Metrics and logging: every Prometheus object lives in ``metrics``."""

@@ -1,0 +1,182 @@
+"""Every Prometheus object of callray, and the verbs call sites use to update them.
+
+Labels are low-cardinality only: transport, outcome, tool name, event kind, direction, host id
+(hosts are few). Never a call id or a phone number.
+
+**One scrape endpoint per node, across processes.** Ray actors are separate processes, so each
+would otherwise keep its own registry. We use prometheus-client's *multiprocess mode*: every
+process on a node writes its samples to memory-mapped files in one directory
+(``PROMETHEUS_MULTIPROC_DIR``, set by ``callray up`` for the driver and, through the runtime
+environment, for every actor), and the node's one endpoint (:func:`serve_metrics`) aggregates the
+directory on each scrape. Chosen over a node-exporter actor (an extra hop and a custom protocol
+for every sample) and over Ray's metrics export (samples appear ~10 s late, under a ``ray_``
+prefix, among ~900 Ray series; reference/feasibility.md §6). Gauges declare how processes
+combine (``livesum``: only live processes count, so a dead host's calls vanish from
+``calls_active``).
+
+Without ``PROMETHEUS_MULTIPROC_DIR`` (tests, a single process) the default registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+# Buckets in seconds: media hops and tool round trips are milliseconds; setup is tens of ms.
+_FAST = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+_SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+CALLS_ACTIVE = Gauge(
+    "callray_calls_active", "Calls in progress", ["transport"], multiprocess_mode="livesum"
+)
+CALLS_TOTAL = Counter(
+    "callray_calls_total", "Calls ended, by transport and outcome", ["transport", "outcome"]
+)
+CALL_SETUP_SECONDS = Histogram(
+    "callray_call_setup_seconds",
+    "From open request to a connected model session",
+    ["transport"],
+    buckets=_SLOW,
+)
+ADMISSION_REJECTIONS = Counter(
+    "callray_admission_rejections_total", "Calls refused at admission", ["reason"]
+)
+HOST_CALLS = Gauge(
+    "callray_host_calls", "Calls placed on each session host", ["host"], multiprocess_mode="livesum"
+)
+MODEL_CONNECT_SECONDS = Histogram(
+    "callray_model_connect_seconds", "Opening the model WebSocket", buckets=_SLOW
+)
+MODEL_DISCONNECTS = Counter(
+    "callray_model_disconnects_total", "Model connections that ended, by reason", ["reason"]
+)
+MODEL_EVENTS = Counter(
+    "callray_model_events_total", "Events received from the model, by type", ["kind"]
+)
+TOOL_CALLS = Counter(
+    "callray_tool_calls_total", "Tool calls finished, by tool and outcome", ["tool", "outcome"]
+)
+TOOL_CALL_SECONDS = Histogram(
+    "callray_tool_call_seconds",
+    "Tool call round trip as the session sees it",
+    ["tool"],
+    buckets=(*_FAST, 2.5, 5.0, 10.0, 30.0),
+)
+TOOL_STREAM_LAG = Gauge(
+    "callray_tool_stream_lag",
+    "Tool calls waiting: pending (delivered, not acknowledged) plus not yet delivered",
+    multiprocess_mode="max",
+)
+TOOL_RECLAIMS = Counter(
+    "callray_tool_reclaims_total", "Tool calls reclaimed from a dead or stuck executor"
+)
+MEDIA_FRAMES = Counter(
+    "callray_media_frames_total",
+    "Media frames, by direction (in: caller, out: model)",
+    ["direction"],
+)
+MEDIA_HOP_SECONDS = Histogram(
+    "callray_media_hop_seconds",
+    "Delay of a media batch between ingress and session host",
+    ["direction"],
+    buckets=_FAST,
+)
+
+
+# --- verbs ---------------------------------------------------------------------------------
+
+
+def call_started(transport: str, host: str, setup_seconds: float) -> None:
+    CALLS_ACTIVE.labels(transport).inc()
+    HOST_CALLS.labels(host).inc()
+    CALL_SETUP_SECONDS.labels(transport).observe(setup_seconds)
+
+
+def call_ended(transport: str, host: str, outcome: str) -> None:
+    CALLS_ACTIVE.labels(transport).dec()
+    HOST_CALLS.labels(host).dec()
+    CALLS_TOTAL.labels(transport, outcome).inc()
+
+
+def call_failed_to_start(transport: str, outcome: str) -> None:
+    CALLS_TOTAL.labels(transport, outcome).inc()
+
+
+def call_rejected(reason: str) -> None:
+    ADMISSION_REJECTIONS.labels(reason).inc()
+
+
+def model_connected(seconds: float) -> None:
+    MODEL_CONNECT_SECONDS.observe(seconds)
+
+
+def model_disconnected(reason: str) -> None:
+    MODEL_DISCONNECTS.labels(reason).inc()
+
+
+def model_event(kind: str) -> None:
+    MODEL_EVENTS.labels(kind).inc()
+
+
+def tool_finished(tool: str, outcome: str, seconds: float) -> None:
+    TOOL_CALLS.labels(tool, outcome).inc()
+    TOOL_CALL_SECONDS.labels(tool).observe(seconds)
+
+
+def tool_stream_lag(waiting: int) -> None:
+    TOOL_STREAM_LAG.set(waiting)
+
+
+def tool_reclaimed(count: int = 1) -> None:
+    TOOL_RECLAIMS.inc(count)
+
+
+def media_frames(direction: str, count: int) -> None:
+    MEDIA_FRAMES.labels(direction).inc(count)
+
+
+def media_hop(direction: str, seconds: float) -> None:
+    MEDIA_HOP_SECONDS.labels(direction).observe(seconds)
+
+
+# --- exposition ----------------------------------------------------------------------------
+
+
+def prepare_multiprocess_dir(path: str | Path) -> Path:
+    """Create an empty directory for a node's processes; stale files would double-count."""
+    directory = Path(path)
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of this node: every process's samples when in multiprocess mode."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def process_exited(pid: int) -> None:
+    """Drop a dead process's live gauges (called by whoever supervises it)."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

@@ -1,0 +1,251 @@
+"""``CallSession``: the per-call session actor — an asyncio actor hosted with hundreds of others
+in one session-host process.
+
+Each call has its own mailbox (an ``asyncio.Queue``), its own task draining it, and its own state:
+the :class:`RealtimeSession` with its model WebSocket, the playback tracker fed by the ingress,
+and the pending hang-up or transfer. Model output leaves as :mod:`commands` through the host's
+``out`` callback; call events go to the host's event sink. Nothing here touches another call, so
+one call's failure ends that call only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from services.agents.control import CallControl
+from services.config import ModelSettings
+from services.observability import metrics
+from services.realtime import server_events as se
+from services.realtime.agent import RealtimeAgent
+from services.realtime.audio_formats import bytes_per_ms, normalize_format
+from services.realtime.playback import PlaybackTracker
+from services.realtime.session import RealtimeSession
+from services.realtime.tools import FunctionTool, ToolCall, ToolResult, ToolRunner
+from services.realtime.transports.base import TransportAudio
+from services.runtime.commands import (
+    CallEnded,
+    CallerHungUp,
+    CallInput,
+    CallSpec,
+    ClearPlayback,
+    Command,
+    Dtmf,
+    Hangup,
+    PlayAudio,
+    Played,
+    Transfer,
+)
+from services.runtime.events import EventSink
+
+logger = logging.getLogger(__name__)
+
+# After the agent decides to hang up or transfer, its last words still play; the call ends at
+# the end of that response, or after this long at the latest.
+CONTROL_GRACE_S = 10.0
+_KNOWN_EVENTS = frozenset(se.SERVER_EVENTS.classes)
+
+
+def phone_config(audio_format: str) -> dict[str, Any]:
+    """Session options for a phone leg: the caller's codec both ways (no transcoding), server VAD
+    that interrupts the model on barge-in, transcripts of the caller."""
+    fmt = normalize_format(audio_format)
+    return {
+        "audio": {
+            "input": {
+                "format": fmt,
+                "transcription": {"model": "gpt-4o-mini-transcribe"},
+                "turn_detection": {
+                    "type": "server_vad",
+                    "create_response": True,
+                    "interrupt_response": True,
+                },
+            },
+            "output": {"format": fmt},
+        }
+    }
+
+
+class CallSession(CallControl):
+    def __init__(
+        self,
+        spec: CallSpec,
+        agent: RealtimeAgent,
+        *,
+        model: ModelSettings,
+        model_url: str,
+        tool_runner: ToolRunner,
+        out: Callable[[Command], None],
+        events: EventSink,
+        on_end: Callable[[CallSession, str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.call_id = spec.call_id
+        self.spec = spec
+        self._model = model
+        self._model_url = model_url
+        self._out = out
+        self._events = events
+        self._on_end = on_end
+        self._clock = clock
+        self.tracker = PlaybackTracker(bytes_per_ms(normalize_format(spec.audio_format)))
+        self.session = RealtimeSession(
+            agent,
+            model=model.model,
+            config=phone_config(spec.audio_format),
+            context=self,
+            tool_runner=tool_runner,
+            playback=self.tracker,
+        )
+        self._mailbox: asyncio.Queue[bytes | CallInput] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._pending_control: Command | None = None
+        self._control_timer: asyncio.TimerHandle | None = None
+        self._started_at = clock()
+        self.ended: str | None = None
+        self._ending: asyncio.Future[None] | None = None
+        self._wire()
+
+    # ----- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect the model and start the mailbox. Raises if the model cannot be reached."""
+        begin = self._clock()
+        await self.session.connect(api_key=self._model.api_key.value or None, url=self._model_url)
+        metrics.model_connected(self._clock() - begin)
+        self._task = asyncio.create_task(self._run(), name=f"call-{self.call_id}")
+        if self.spec.greet:
+            self.session.transport.request_response()
+        self._events.emit("call.started", self.call_id, transport=self.spec.transport)
+
+    async def end(self, reason: str) -> None:
+        """End the call once: close the model session, tell the ingress, report it."""
+        if self.ended is not None:
+            return
+        self.ended = reason
+        if self._control_timer is not None:
+            self._control_timer.cancel()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+        try:
+            await self.session.close()
+        except Exception:
+            logger.warning("closing the model session of a call failed", exc_info=True)
+        self._out(CallEnded(self.call_id, reason))
+        duration = round(self._clock() - self._started_at, 3)
+        self._events.emit("call.ended", self.call_id, reason=reason, duration_s=duration)
+        self._on_end(self, reason)
+
+    # ----- mailbox -------------------------------------------------------------------------------
+
+    def push_media(self, data: bytes) -> None:
+        self._mailbox.put_nowait(data)
+
+    def push(self, message: CallInput) -> None:
+        self._mailbox.put_nowait(message)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                message = await self._mailbox.get()
+                if isinstance(message, bytes):
+                    self.session.send_audio(message)
+                elif isinstance(message, Played):
+                    self.tracker.on_play_ms(message.item_id, message.content_index, message.ms)
+                elif isinstance(message, Dtmf):
+                    self._events.emit("dtmf", self.call_id, digit=message.digit)
+                    self.session.send_message(f"The caller pressed the key {message.digit}.")
+                elif isinstance(message, CallerHungUp):
+                    await self.end(message.reason)
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("call session failed")
+            await self.end("session_error")
+
+    # ----- CallControl (used by in-process tools) -------------------------------------------
+
+    def hang_up(self, reason: str = "agent_hangup") -> None:
+        self._after_response(Hangup(self.call_id, reason))
+
+    def transfer(self, target: str) -> None:
+        self._after_response(Transfer(self.call_id, target))
+
+    def _after_response(self, command: Hangup | Transfer) -> None:
+        # The tool's result makes the model say goodbye first; act when that response is done.
+        self._pending_control = command
+        loop = asyncio.get_running_loop()
+        self._control_timer = loop.call_later(CONTROL_GRACE_S, self._do_control)
+
+    def _do_control(self) -> None:
+        command, self._pending_control = self._pending_control, None
+        if command is None or self.ended is not None:
+            return
+        self._out(command)
+        reason = command.reason if isinstance(command, Hangup) else "transferred"
+        self._end_soon(reason)
+
+    # ----- model events → commands and call events ------------------------------------------
+
+    def _wire(self) -> None:
+        s, t = self.session, self.session.transport
+        s.on("audio", self._on_audio)
+        s.on("audio_interrupted", self._on_interrupted)
+        s.on("tool_start", self._on_tool_start)
+        s.on("tool_end", self._on_tool_end)
+        s.on("agent_end", self._on_agent_end)
+        t.on("*", self._on_raw)
+        t.on("response.output_audio_transcript.done", self._on_assistant_transcript)
+        t.on("conversation.item.input_audio_transcription.completed", self._on_user_transcript)
+        t.on("connection_change", self._on_connection)
+
+    def _on_audio(self, audio: TransportAudio) -> None:
+        metrics.media_frames("out", 1)
+        self._out(PlayAudio(self.call_id, audio.data, audio.item_id, audio.content_index))
+
+    def _on_interrupted(self, _agent: RealtimeAgent) -> None:
+        self._out(ClearPlayback(self.call_id))
+        self._events.emit("interrupted", self.call_id)
+
+    def _on_raw(self, raw: dict[str, Any]) -> None:
+        kind = raw.get("type")
+        metrics.model_event(kind if kind in _KNOWN_EVENTS else "unknown")  # bounded labels
+
+    def _on_assistant_transcript(self, event: se.OutputAudioTranscriptDone) -> None:
+        self._events.emit("transcript", self.call_id, role="assistant", text=event.transcript)
+
+    def _on_user_transcript(self, event: se.InputAudioTranscriptionCompleted) -> None:
+        self._events.emit("transcript", self.call_id, role="user", text=event.transcript)
+
+    def _on_tool_start(self, _agent: RealtimeAgent, tool: FunctionTool, call: ToolCall) -> None:
+        self._events.emit("tool.called", self.call_id, tool=tool.name, tool_call_id=call.call_id)
+
+    def _on_tool_end(
+        self, _agent: RealtimeAgent, tool: FunctionTool, result: ToolResult, call: ToolCall
+    ) -> None:
+        self._events.emit(
+            "tool.returned",
+            self.call_id,
+            tool=tool.name,
+            tool_call_id=call.call_id,
+            outcome=result.outcome,
+        )
+
+    def _on_agent_end(self, _agent: RealtimeAgent, _text: str) -> None:
+        if self._pending_control is not None:
+            if self._control_timer is not None:
+                self._control_timer.cancel()
+            self._do_control()
+
+    def _on_connection(self, status: str) -> None:
+        if status == "disconnected" and self.ended is None:
+            metrics.model_disconnected("lost")
+            self._end_soon("model_disconnected")
+
+    def _end_soon(self, reason: str) -> None:
+        if self._ending is None:
+            self._ending = asyncio.ensure_future(self.end(reason))

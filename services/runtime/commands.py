@@ -1,0 +1,93 @@
+"""What flows between an ingress and a call's session: the call spec, inputs and commands.
+
+The session never knows its transport (STYLE.md, practice 2): it emits these commands and the
+ingress turns them into Twilio JSON, RTP or a WebRTC track. Everything here pickles, because it
+crosses the process boundary between ingress and session host in batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Literal
+
+AudioFormatName = Literal["audio/pcmu", "audio/pcma", "audio/pcm"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallSpec:
+    """Everything a host needs to open a call. ``caller`` holds provider metadata (numbers,
+    SIDs); it is passed to the agent's context and never logged."""
+
+    call_id: str
+    transport: str = "test"
+    audio_format: AudioFormatName = "audio/pcmu"
+    agent: str | None = None
+    caller: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    greet: bool = True
+
+
+# ----- inputs: ingress → session -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Dtmf:
+    digit: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Played:
+    """The caller has heard ``ms`` more of an item's audio (from Twilio marks, RTP sent, ...)."""
+
+    item_id: str
+    content_index: int
+    ms: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallerHungUp:
+    reason: str = "caller_hangup"
+
+
+CallInput = Dtmf | Played | CallerHungUp
+
+
+# ----- commands: session → ingress ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlayAudio:
+    call_id: str
+    data: bytes
+    item_id: str
+    content_index: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClearPlayback:
+    """Drop audio queued for the caller at once (barge-in)."""
+
+    call_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Hangup:
+    call_id: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Transfer:
+    call_id: str
+    target: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallEnded:
+    """The session is gone; the ingress releases the call's media."""
+
+    call_id: str
+    reason: str
+
+
+Command = PlayAudio | ClearPlayback | Hangup | Transfer | CallEnded

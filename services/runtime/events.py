@@ -1,0 +1,86 @@
+"""Where a host's call events go: a non-blocking sink in front of the Redis stream.
+
+Session code runs inside event handlers and must never wait on Redis, so events are queued and
+one writer task per host sends them in order (pipelined when several are waiting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class EventSink(Protocol):
+    def emit(self, kind: str, call_id: str, **fields: Any) -> None: ...
+
+
+class ListEventSink:
+    """Keeps events in memory (tests, and hosts run without Redis)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def emit(self, kind: str, call_id: str, **fields: Any) -> None:
+        self.events.append((kind, call_id, fields))
+
+    def kinds(self, call_id: str | None = None) -> list[str]:
+        return [k for k, c, _ in self.events if call_id is None or c == call_id]
+
+
+class EventLogLike(Protocol):
+    async def emit(self, kind: str, call_id: str, **fields: Any) -> Any: ...
+
+
+class BufferedEventSink:
+    """Queues events and writes them to an event log from one task, in order."""
+
+    def __init__(self, log: EventLogLike, *, max_queued: int = 100_000) -> None:
+        self._log = log
+        self._queue: deque[tuple[str, str, dict[str, Any]]] = deque()
+        self._max = max_queued
+        self._wakeup = asyncio.Event()
+        self._emptied = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._write_loop(), name="call-events-writer")
+
+    def emit(self, kind: str, call_id: str, **fields: Any) -> None:
+        if len(self._queue) >= self._max:
+            # Redis is down or slow: keep the calls running, count what could not be kept.
+            self.dropped += 1
+            return
+        self._queue.append((kind, call_id, fields))
+        self._wakeup.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                kind, call_id, fields = self._queue[0]
+                try:
+                    await self._log.emit(kind, call_id, **fields)
+                except Exception:
+                    logger.warning("could not write call event %s; retrying", kind, exc_info=True)
+                    await asyncio.sleep(0.5)
+                    continue
+                self._queue.popleft()
+            self._emptied.set()
+
+    async def close(self, grace_s: float = 2.0) -> None:
+        if self._task is None:
+            return
+        try:
+            async with asyncio.timeout(grace_s):
+                while self._queue:
+                    self._emptied.clear()
+                    await self._emptied.wait()
+        except TimeoutError:
+            logger.warning("%d call events not written at shutdown", len(self._queue))
+        self._task.cancel()

@@ -1,0 +1,188 @@
+"""``CallHost``: many :class:`CallSession` actors in one process (a SessionHost's logic).
+
+A Ray actor is a whole process (~48 MiB and 0.1 to 1 s to start, reference/feasibility.md §2), so
+calls are hosted: each is an asyncio actor here, addressed by call id. Media crosses the process
+boundary in batches — :meth:`feed` takes every frame an ingress gathered in one tick for all its
+calls on this host, and :meth:`pull_output` hands back every command produced since the last pull
+— so the cost per Ray call is shared by all calls instead of paid per 20 ms frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from services.agents.registry import AgentRegistry
+from services.config import ModelSettings
+from services.errors import CallrayError, ConfigError
+from services.observability import metrics
+from services.realtime.tools import ToolRunner
+from services.runtime.call_session import CallSession
+from services.runtime.commands import CallerHungUp, CallInput, CallSpec, Command
+from services.runtime.events import EventSink
+
+logger = logging.getLogger(__name__)
+
+
+class CallSetupError(CallrayError):
+    """The call could not be opened (model unreachable, unknown agent, duplicate id)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostStats:
+    host_id: str
+    calls: int
+    capacity: int
+    frames_in: int
+    unknown_frames: int
+
+
+class CallHost:
+    def __init__(
+        self,
+        host_id: str,
+        *,
+        model: ModelSettings,
+        model_url: str,
+        agents: AgentRegistry,
+        tool_runner: ToolRunner,
+        events: EventSink,
+        capacity: int = 500,
+        on_call_end: Callable[[str, str], None] | None = None,
+        setup_timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.host_id = host_id
+        self.capacity = capacity
+        self._model = model
+        self._model_url = model_url
+        self._agents = agents
+        self._runner = tool_runner
+        self._events = events
+        self._on_call_end = on_call_end
+        self._setup_timeout = setup_timeout_s
+        self._clock = clock
+        self.calls: dict[str, CallSession] = {}
+        self._output: deque[Command] = deque()
+        self._output_ready = asyncio.Event()
+        self._frames_in = 0
+        self._unknown_frames = 0
+
+    # ----- calls ---------------------------------------------------------------------------------
+
+    async def open_call(self, spec: CallSpec) -> float:
+        """Open a call and connect its model session; returns the setup time in seconds."""
+        begin = self._clock()
+        if spec.call_id in self.calls:
+            raise CallSetupError(f"call {spec.call_id} is already open here", reason="duplicate")
+        if len(self.calls) >= self.capacity:
+            raise CallSetupError("host is full", reason="host_full")
+        try:
+            agent = self._agents.get(spec.agent)
+        except ConfigError as exc:
+            metrics.call_failed_to_start(spec.transport, "unknown_agent")
+            raise CallSetupError(str(exc), reason="unknown_agent") from exc
+        call = CallSession(
+            spec,
+            agent,
+            model=self._model,
+            model_url=self._model_url,
+            tool_runner=self._runner,
+            out=self._emit,
+            events=self._events,
+            on_end=self._ended,
+            clock=self._clock,
+        )
+        self.calls[spec.call_id] = call
+        try:
+            async with asyncio.timeout(self._setup_timeout):
+                await call.start()
+        except (Exception, asyncio.CancelledError) as exc:
+            self.calls.pop(spec.call_id, None)
+            metrics.call_failed_to_start(spec.transport, "model_unreachable")
+            await call.session.close()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise CallSetupError(
+                f"could not reach the model for call {spec.call_id}: {exc}",
+                reason="model_unreachable",
+            ) from None
+        setup = self._clock() - begin
+        metrics.call_started(spec.transport, self.host_id, setup)
+        return setup
+
+    def _ended(self, call: CallSession, reason: str) -> None:
+        if self.calls.pop(call.call_id, None) is not None:
+            metrics.call_ended(call.spec.transport, self.host_id, reason)
+            if self._on_call_end is not None:
+                self._on_call_end(call.call_id, reason)
+
+    async def close_call(self, call_id: str, reason: str = "closed") -> bool:
+        call = self.calls.get(call_id)
+        if call is None:
+            return False
+        await call.end(reason)
+        return True
+
+    async def close_all(self, reason: str) -> None:
+        await asyncio.gather(
+            *(c.end(reason) for c in list(self.calls.values())), return_exceptions=True
+        )
+
+    # ----- media and control in ------------------------------------------------------------------
+
+    def feed(self, batch: Sequence[tuple[str, bytes]]) -> int:
+        """Deliver a batch of caller audio; returns frames for calls no longer here."""
+        unknown = 0
+        for call_id, data in batch:
+            call = self.calls.get(call_id)
+            if call is None:
+                unknown += 1
+                continue
+            call.push_media(data)
+        self._frames_in += len(batch) - unknown
+        self._unknown_frames += unknown
+        metrics.media_frames("in", len(batch) - unknown)
+        return unknown
+
+    def send(self, call_id: str, message: CallInput) -> bool:
+        call = self.calls.get(call_id)
+        if call is None:
+            return False
+        call.push(message)
+        return True
+
+    def hang_up(self, call_id: str) -> bool:
+        return self.send(call_id, CallerHungUp())
+
+    # ----- commands out --------------------------------------------------------------------------
+
+    def _emit(self, command: Command) -> None:
+        self._output.append(command)
+        self._output_ready.set()
+
+    async def pull_output(self, max_wait_s: float = 0.02) -> list[Command]:
+        """Every command since the last pull; waits up to ``max_wait_s`` for the first one."""
+        if not self._output:
+            self._output_ready.clear()
+            try:
+                async with asyncio.timeout(max_wait_s):
+                    await self._output_ready.wait()
+            except TimeoutError:
+                return []
+        out = list(self._output)
+        self._output.clear()
+        return out
+
+    def stats(self) -> HostStats:
+        return HostStats(
+            self.host_id, len(self.calls), self.capacity, self._frames_in, self._unknown_frames
+        )

@@ -1,0 +1,154 @@
+"""CallHost with the local model on loopback: calls, tools, hang-up, isolation. No Ray, no Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.agents.registry import load_agents
+from services.config import LocalModelSettings, ModelSettings, Secret
+from services.localmodel.server import LocalModelServer
+from services.realtime.tools import InProcessToolRunner
+from services.runtime.commands import CallEnded, CallSpec, ClearPlayback, Hangup, PlayAudio
+from services.runtime.events import ListEventSink
+from services.runtime.host import CallHost, CallSetupError
+from services.telephony.g711 import ulaw_encode
+from tests.conftest import TIMEOUT_FACTOR
+from tests.wire import WireValidator
+
+pytestmark = pytest.mark.integration
+
+MODEL = ModelSettings(api_key=Secret(""), url=None, model="gpt-realtime")
+
+
+def speech(ms: int) -> bytes:
+    t = np.arange(ms * 8) / 8000.0
+    return ulaw_encode((np.sin(2 * np.pi * 300 * t) * 0.3 * 32767).astype(np.int16))
+
+
+SILENCE = b"\xff" * 8 * 700
+
+
+@pytest.fixture
+async def model(wire: WireValidator) -> AsyncIterator[LocalModelServer]:
+    async with LocalModelServer(LocalModelSettings(port=0, speed=20.0), observer=wire) as server:
+        yield server
+
+
+@pytest.fixture
+def events() -> ListEventSink:
+    return ListEventSink()
+
+
+@pytest.fixture
+def host(model: LocalModelServer, events: ListEventSink) -> CallHost:
+    return CallHost(
+        "h1",
+        model=MODEL,
+        model_url=model.url,
+        agents=load_agents(),
+        tool_runner=InProcessToolRunner(),
+        events=events,
+        capacity=10,
+    )
+
+
+async def collect(host: CallHost, until: Any, what: str) -> list[Any]:
+    got: list[Any] = []
+    async with asyncio.timeout(10 * TIMEOUT_FACTOR):
+        while not until(got):
+            got.extend(await host.pull_output(0.05))
+    return got
+
+
+async def test_call_greets_runs_a_tool_and_hangs_up(host: CallHost, events: ListEventSink) -> None:
+    setup = await host.open_call(CallSpec("c1", transport="test"))
+    assert 0 < setup < 5
+    out = await collect(host, lambda got: any(isinstance(c, PlayAudio) for c in got), "greeting")
+    assert all(c.call_id == "c1" for c in out)
+    # The default scenario's second turn calls lookup_order on the demo agent's tool.
+    host.feed([("c1", speech(600)), ("c1", SILENCE)])
+    async with asyncio.timeout(10 * TIMEOUT_FACTOR):
+        while "tool.returned" not in events.kinds("c1"):
+            await host.pull_output(0.05)
+    returned = next(f for k, _, f in events.events if k == "tool.returned")
+    assert returned["tool"] == "lookup_order" and returned["outcome"] == "ok"
+    assert host.hang_up("c1")
+    out = await collect(host, lambda got: any(isinstance(c, CallEnded) for c in got), "end")
+    assert CallEnded("c1", "caller_hangup") in out
+    assert host.calls == {}
+    kinds = events.kinds("c1")
+    assert kinds[0] == "call.started" and kinds[-1] == "call.ended"
+    assert "transcript" in kinds and "tool.called" in kinds
+
+
+async def test_barge_in_clears_playback(host: CallHost, events: ListEventSink) -> None:
+    await host.open_call(CallSpec("c1"))
+    await collect(host, lambda got: any(isinstance(c, PlayAudio) for c in got), "greeting")
+    host.feed([("c1", speech(400))])
+    out = await collect(host, lambda got: ClearPlayback("c1") in got, "clear")
+    assert ClearPlayback("c1") in out
+    assert "interrupted" in events.kinds("c1")
+
+
+async def test_unreachable_model_fails_one_call_only(
+    host: CallHost, model: LocalModelServer
+) -> None:
+    await host.open_call(CallSpec("ok"))
+    broken = CallHost(
+        "h2",
+        model=MODEL,
+        model_url="ws://127.0.0.1:9/v1/realtime",
+        agents=load_agents(),
+        tool_runner=InProcessToolRunner(),
+        events=ListEventSink(),
+    )
+    with pytest.raises(CallSetupError) as info:
+        await broken.open_call(CallSpec("bad"))
+    assert info.value.reason == "model_unreachable" and broken.calls == {}
+    with pytest.raises(CallSetupError, match="already open"):
+        await host.open_call(CallSpec("ok"))
+    assert list(host.calls) == ["ok"]
+
+
+async def test_model_disconnect_ends_only_that_call(host: CallHost) -> None:
+    await host.open_call(CallSpec("a"))
+    await host.open_call(CallSpec("b"))
+    socket = host.calls["a"].session.transport.socket  # type: ignore[attr-defined]
+    await socket.close()
+    out = await collect(host, lambda got: any(isinstance(c, CallEnded) for c in got), "end")
+    assert CallEnded("a", "model_disconnected") in out
+    assert list(host.calls) == ["b"]
+    host.feed([("a", b"\xff" * 160), ("b", b"\xff" * 160)])
+    assert host.stats().unknown_frames == 1
+
+
+async def test_hang_up_tool_ends_the_call_after_goodbye(
+    model: LocalModelServer, tmp_path: Any
+) -> None:
+    scenario = tmp_path / "bye.json"
+    scenario.write_text(
+        '{"steps": [{"tool": {"name": "hang_up", "arguments": {}}, "then": "Goodbye!"}]}'
+    )
+    async with LocalModelServer(
+        LocalModelSettings(port=0, speed=20.0, scenario=str(scenario))
+    ) as m:
+        host = CallHost(
+            "h1",
+            model=MODEL,
+            model_url=m.url,
+            agents=load_agents(),
+            tool_runner=InProcessToolRunner(),
+            events=ListEventSink(),
+        )
+        await host.open_call(CallSpec("c1"))
+        out = await collect(host, lambda got: any(isinstance(c, CallEnded) for c in got), "end")
+    hangup = next(c for c in out if isinstance(c, Hangup))
+    assert hangup.reason == "agent_hangup"
+    # The goodbye was sent before the hang-up command.
+    assert any(isinstance(c, PlayAudio) for c in out[: out.index(hangup)])
+    assert out[-1] == CallEnded("c1", "agent_hangup")
