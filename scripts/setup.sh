@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(espeak-ng redis-server)
+APT_PACKAGES=(espeak-ng redis-server iproute2 util-linux)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

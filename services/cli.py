@@ -1,7 +1,7 @@
 """The ``callray`` command line.
 
-``callray model`` runs our local Realtime-compatible model server; the distributed runtime
-(``callray up``) comes with the runtime itself.
+``callray up`` runs the whole system on embedded defaults; ``callray model`` runs our local
+Realtime-compatible model server alone; ``callray events tail`` prints the call-event stream.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from services import __doc__ as package_doc
 from services.config import load_settings
-from services.errors import CallrayError
+from services.errors import CallrayError, ConfigError
 
 
 def _model_command(args: argparse.Namespace) -> int:
@@ -48,6 +49,42 @@ def _model_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up_command(args: argparse.Namespace) -> int:
+    from services.up import run_up
+
+    return run_up(load_settings())
+
+
+def _redis_url_for_tools(data_dir: str) -> str:
+    settings = load_settings().runtime
+    if settings.redis_url:
+        return settings.redis_url
+    saved = Path(data_dir or settings.data_dir) / "redis.url"
+    if saved.exists():
+        return saved.read_text().strip()
+    raise ConfigError("set REDIS_URL, or run `callray up` first (it records its Redis URL)")
+
+
+def _events_command(args: argparse.Namespace) -> int:
+
+    from services.toolbus.call_events import format_event, tail_events
+    from services.toolbus.redis_client import connect as connect_redis
+
+    url = _redis_url_for_tools(args.data_dir)
+
+    async def tail() -> None:
+        client = connect_redis(url)
+        try:
+            async for event in tail_events(client, start=args.start):
+                print(format_event(event), flush=True)
+        finally:
+            await client.aclose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(tail())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callray", description=package_doc)
     parser.add_argument("--log-level", default=os.environ.get("CALLRAY_LOG_LEVEL", "INFO"))
@@ -62,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed", type=float, default=4.0, help="output audio speed as a multiple of real time"
     )
     model.set_defaults(run=_model_command)
+
+    up = sub.add_parser("up", help="run the whole system on embedded defaults")
+    up.set_defaults(run=_up_command)
+
+    events = sub.add_parser("events", help="the call-event stream")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    tail = events_sub.add_parser("tail", help="print call events as they happen")
+    tail.add_argument("--start", default="$", help="stream id to start after ($: only new, 0: all)")
+    tail.add_argument("--data-dir", default="", help="callray up's data directory")
+    tail.set_defaults(run=_events_command)
     return parser
 
 

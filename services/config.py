@@ -71,9 +71,29 @@ class LocalModelSettings:
 
 
 @dataclass(frozen=True)
+class RuntimeSettings:
+    """The distributed runtime: Redis, Ray, session hosts, tool executors, admission caps."""
+
+    redis_url: str | None = None  # None: `callray up` starts an embedded redis-server
+    ray_address: str | None = None  # None: a local Ray started by `callray up`
+    agent: str | None = None  # package.module:attr; None: the demo agent
+    hosts: int = 2
+    host_capacity: int = 500
+    cluster_capacity: int = 1000
+    executors: int = 2
+    executor_concurrency: int = 64
+    tool_timeout_s: float = 30.0
+    events_maxlen: int = 100_000
+    metrics_port: int = 9464
+    data_dir: str = ".callray"
+    health_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class Settings:
     model: ModelSettings
     local_model: LocalModelSettings
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
 
 def _check_ws_url(name: str, url: str) -> str:
@@ -95,7 +115,60 @@ def load_model_settings(env: Mapping[str, str]) -> ModelSettings:
     return ModelSettings(api_key=Secret(key), url=url, model=model)
 
 
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    return value
+
+
+def load_runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
+    d = RuntimeSettings()
+    redis_url = env.get("REDIS_URL", "").strip() or None
+    if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got {redis_url!r}"
+        )
+    return RuntimeSettings(
+        redis_url=redis_url,
+        ray_address=env.get("RAY_ADDRESS", "").strip() or None,
+        agent=env.get("CALLRAY_AGENT", "").strip() or None,
+        hosts=_int(env, "CALLRAY_HOSTS", d.hosts, 1),
+        host_capacity=_int(env, "CALLRAY_HOST_CAPACITY", d.host_capacity, 1),
+        cluster_capacity=_int(env, "CALLRAY_CLUSTER_CAPACITY", d.cluster_capacity, 1),
+        executors=_int(env, "CALLRAY_EXECUTORS", d.executors, 1),
+        executor_concurrency=_int(env, "CALLRAY_EXECUTOR_CONCURRENCY", d.executor_concurrency, 1),
+        tool_timeout_s=_float(env, "CALLRAY_TOOL_TIMEOUT", d.tool_timeout_s),
+        events_maxlen=_int(env, "CALLRAY_EVENTS_MAXLEN", d.events_maxlen, 1),
+        metrics_port=_int(env, "CALLRAY_METRICS_PORT", d.metrics_port),
+        data_dir=env.get("CALLRAY_DATA_DIR", "").strip() or d.data_dir,
+    )
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting once. ``env`` defaults to the process environment."""
     source = os.environ if env is None else env
-    return Settings(model=load_model_settings(source), local_model=LocalModelSettings())
+    return Settings(
+        model=load_model_settings(source),
+        local_model=LocalModelSettings(),
+        runtime=load_runtime_settings(source),
+    )

@@ -9,6 +9,7 @@
     │   ├── TransportClosed           the peer or we closed it (code, reason)
     │   └── NotConnected              an operation needs an open connection
     ├── ProviderError             the model provider answered with an error (``retryable``)
+    ├── ServiceStartError         an embedded service (e.g. redis-server) did not come up
     ├── ToolError                 raised by a tool; its message is shown to the model
     └── UserError                 the library was used the wrong way (bad argument, wrong state)
 
@@ -103,6 +104,13 @@ class ProviderError(CallrayError):
         self.error_type = error_type
         self.param = param
         self.event_id = event_id
+
+
+class ServiceStartError(CallrayError):
+    """A service we start ourselves (the embedded redis-server) exited or never answered.
+
+    The message ends with the tail of the service's log, which usually says why.
+    """
 
 
 class ToolError(CallrayError):

@@ -20,19 +20,21 @@ Without ``PROMETHEUS_MULTIPROC_DIR`` (tests, a single process) the default regis
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
+from prometheus_client.metrics_core import Metric
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -81,6 +83,12 @@ TOOL_STREAM_LAG = Gauge(
     "Tool calls waiting: pending (delivered, not acknowledged) plus not yet delivered",
     multiprocess_mode="max",
 )
+TOOL_EXECUTIONS = Counter(
+    "callray_tool_executions_total",
+    "Tool call entries an executor finished with, by tool and outcome (reruns after a reclaim,"
+    " duplicates, expired and malformed entries included)",
+    ["tool", "outcome"],
+)
 TOOL_RECLAIMS = Counter(
     "callray_tool_reclaims_total", "Tool calls reclaimed from a dead or stuck executor"
 )
@@ -112,7 +120,8 @@ def call_ended(transport: str, host: str, outcome: str) -> None:
     CALLS_TOTAL.labels(transport, outcome).inc()
 
 
-def call_failed_to_start(transport: str, outcome: str) -> None:
+def call_outcome(transport: str, outcome: str) -> None:
+    """A call that never started, or ended where its host could not count it (host lost)."""
     CALLS_TOTAL.labels(transport, outcome).inc()
 
 
@@ -137,6 +146,11 @@ def tool_finished(tool: str, outcome: str, seconds: float) -> None:
     TOOL_CALL_SECONDS.labels(tool).observe(seconds)
 
 
+def tool_executed(tool: str, outcome: str) -> None:
+    """An executor is done with one entry; ``tool`` must be a configured tool name or "-"."""
+    TOOL_EXECUTIONS.labels(tool, outcome).inc()
+
+
 def tool_stream_lag(waiting: int) -> None:
     TOOL_STREAM_LAG.set(waiting)
 
@@ -156,23 +170,9 @@ def media_hop(direction: str, seconds: float) -> None:
 # --- exposition ----------------------------------------------------------------------------
 
 
-def prepare_multiprocess_dir(path: str | Path) -> Path:
-    """Create an empty directory for a node's processes; stale files would double-count."""
-    directory = Path(path)
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    return directory
-
-
 def render() -> tuple[bytes, str]:
     """The exposition text of this node: every process's samples when in multiprocess mode."""
-    directory = os.environ.get(MULTIPROC_ENV)
-    if directory:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
 
 
 def process_exited(pid: int) -> None:
@@ -180,3 +180,43 @@ def process_exited(pid: int) -> None:
     directory = os.environ.get(MULTIPROC_ENV)
     if directory:
         multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+class _OwnMetrics:
+    """Only ``callray_`` families from the multiprocess directory: Ray's own processes use
+    prometheus-client too and would otherwise add their series to our endpoint."""
+
+    def __init__(self, directory: str) -> None:
+        self._inner = multiprocess.MultiProcessCollector(None, path=directory)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._inner.collect():  # type: ignore[no-untyped-call]
+            if family.name.startswith("callray_"):
+                yield family
+
+
+def _registry() -> CollectorRegistry:
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return REGISTRY
+    registry = CollectorRegistry()
+    registry.register(_OwnMetrics(directory))
+    return registry
+
+
+class MetricsServer:
+    """This node's ``/metrics`` endpoint, served from a background thread."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        registry = _registry()
+        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        self.port: int = self._server.server_port
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> MetricsServer:
+    return MetricsServer(port, host)

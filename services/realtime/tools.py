@@ -45,6 +45,10 @@ class ToolContext:
     call: ToolCall
     agent_name: str
     context: Any = None  # the application's own per-call object (caller metadata, CRM handle, ...)
+    # The same for every delivery of one tool call (its call_id): an executor may run a call
+    # again after another executor died mid-run, so a tool with a side effect makes it
+    # exactly-once by keying it on this, e.g. ``SET done:{idempotency_key} 1 NX``.
+    idempotency_key: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

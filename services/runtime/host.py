@@ -88,7 +88,7 @@ class CallHost:
         try:
             agent = self._agents.get(spec.agent)
         except ConfigError as exc:
-            metrics.call_failed_to_start(spec.transport, "unknown_agent")
+            metrics.call_outcome(spec.transport, "unknown_agent")
             raise CallSetupError(str(exc), reason="unknown_agent") from exc
         call = CallSession(
             spec,
@@ -107,7 +107,7 @@ class CallHost:
                 await call.start()
         except (Exception, asyncio.CancelledError) as exc:
             self.calls.pop(spec.call_id, None)
-            metrics.call_failed_to_start(spec.transport, "model_unreachable")
+            metrics.call_outcome(spec.transport, "model_unreachable")
             await call.session.close()
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -139,8 +139,14 @@ class CallHost:
 
     # ----- media and control in ------------------------------------------------------------------
 
-    def feed(self, batch: Sequence[tuple[str, bytes]]) -> int:
-        """Deliver a batch of caller audio; returns frames for calls no longer here."""
+    def feed(self, batch: Sequence[tuple[str, bytes]], sent_at: float | None = None) -> int:
+        """Deliver a batch of caller audio; returns frames for calls no longer here.
+
+        ``sent_at`` is the ingress's ``time.time()`` when it sent the batch: the hop's delay is
+        measured on the same machine's wall clock (across machines it includes clock skew).
+        """
+        if sent_at is not None:
+            metrics.media_hop("in", max(0.0, time.time() - sent_at))
         unknown = 0
         for call_id, data in batch:
             call = self.calls.get(call_id)

@@ -1,0 +1,160 @@
+"""Every ``ray.*`` call of callray lives here (STYLE.md: Ray calls in one place).
+
+The actor classes in this package are plain Python; this module turns them into Ray actors,
+finds and kills them, and wraps their handles in small async clients (:class:`HostClient`,
+:class:`RouterClient`) so the logic that uses them can be tested with fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from services.errors import TransportError
+
+NAMESPACE = "callray"
+ROUTER_NAME = "callray-router"
+
+
+class ActorGone(TransportError):
+    """The actor is dead or unreachable."""
+
+
+def init(
+    *,
+    address: str | None,
+    num_cpus: int | None = None,
+    env_vars: Mapping[str, str] | None = None,
+) -> None:
+    """Start a local Ray (``address`` None) or join a cluster, in the ``callray`` namespace."""
+    runtime_env: dict[str, Any] = {"env_vars": dict(env_vars or {})}
+    if address:
+        ray.init(address=address, namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=False)
+        return
+    ray.init(
+        namespace=NAMESPACE,
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        runtime_env=runtime_env,
+        log_to_driver=False,
+    )
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def is_initialized() -> bool:
+    return bool(ray.is_initialized())
+
+
+def _remote(cls: type, **options: Any) -> Any:
+    # Hosts are asyncio actors with their own concurrency limits: many concurrent methods,
+    # no CPU reservation (feasibility §2: num_cpus=0 schedules freely).
+    return ray.remote(cls).options(num_cpus=0, max_concurrency=10_000, **options)
+
+
+def start_actor(
+    cls: type,
+    *args: Any,
+    name: str | None = None,
+    detached: bool = False,
+    **kwargs: Any,
+) -> Any:
+    options: dict[str, Any] = {}
+    if name is not None:
+        options["name"] = name
+        options["namespace"] = NAMESPACE
+    if detached:
+        options["lifetime"] = "detached"
+    return _remote(cls, **options).remote(*args, **kwargs)
+
+
+def get_router() -> Any:
+    return ray.get_actor(ROUTER_NAME, namespace=NAMESPACE)
+
+
+def kill(handle: Any) -> None:
+    try:
+        ray.kill(handle, no_restart=True)
+    except (RayActorError, ValueError):
+        pass
+
+
+async def call(handle: Any, method: str, *args: Any, limit_s: float | None = None) -> Any:
+    """Await ``handle.method(*args)``; a dead or unresponsive actor raises :class:`ActorGone`."""
+    ref = getattr(handle, method).remote(*args)
+    try:
+        async with asyncio.timeout(limit_s):
+            return await ref
+    except (RayActorError, GetTimeoutError, TimeoutError) as exc:
+        raise ActorGone(f"actor did not answer {method}: {type(exc).__name__}") from exc
+
+
+def call_sync(handle: Any, method: str, *args: Any, timeout: float | None = 30.0) -> Any:
+    """Blocking form of :func:`call`, for drivers and tests."""
+    try:
+        return ray.get(getattr(handle, method).remote(*args), timeout=timeout)
+    except (RayActorError, GetTimeoutError) as exc:
+        raise ActorGone(f"actor did not answer {method}: {type(exc).__name__}") from exc
+
+
+def fire(handle: Any, method: str, *args: Any) -> None:
+    """Call without waiting for the result (release notices and the like)."""
+    getattr(handle, method).remote(*args)
+
+
+def wait_all(refs: Sequence[Any], timeout: float | None = None) -> list[Any]:
+    return list(ray.get(list(refs), timeout=timeout))
+
+
+def submit(handle: Any, method: str, *args: Any) -> Any:
+    """Start a call and return its reference (pair with :func:`wait_all`)."""
+    return getattr(handle, method).remote(*args)
+
+
+def own_pid() -> int:
+    return os.getpid()
+
+
+class HostClient:
+    """The router's view of one session host."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def open_call(self, spec: Any) -> float:
+        return float(await call(self.handle, "open_call", spec))
+
+    async def ping(self, limit_s: float) -> Any:
+        return await call(self.handle, "ping", limit_s=limit_s)
+
+    async def shutdown(self, limit_s: float) -> None:
+        await call(self.handle, "shutdown", limit_s=limit_s)
+
+    def kill(self) -> None:
+        kill(self.handle)
+
+
+class RouterClient:
+    """A session host's view of the router."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def release(self, call_id: str, reason: str) -> None:
+        fire(self.handle, "release", call_id, reason)
+
+    async def register_host(self, host_id: str, host: Any, capacity: int, pid: int) -> None:
+        await call(self.handle, "register_host", host_id, host, capacity, pid)
+
+
+def current_actor() -> Any:
+    """The handle of the actor this code runs in."""
+    return ray.get_runtime_context().current_actor

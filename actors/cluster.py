@@ -1,0 +1,115 @@
+"""Starts and stops callray's actors on a Ray cluster: router, session hosts, tool executors.
+
+Used by ``callray up`` and by the tests; the driver talks to calls through :class:`Cluster`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from actors import _ray
+from actors.router import RouterActor
+from actors.session_host import SessionHostActor
+from actors.tool_executor import ToolExecutorActor
+from services.config import ModelSettings, RuntimeSettings
+from services.runtime.commands import CallSpec
+from services.runtime.placement import Rejected
+from services.runtime.router import Opened
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Cluster:
+    router: Any
+    hosts: dict[str, Any]
+    host_pids: dict[str, int]
+    executors: list[Any]
+    executor_pids: list[int]
+
+    def open_call(self, spec: CallSpec, *, limit_s: float = 30.0) -> Opened | Rejected:
+        result: Opened | Rejected = _ray.call_sync(self.router, "open_call", spec, timeout=limit_s)
+        return result
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = _ray.call_sync(self.router, "status")
+        return status
+
+    def add_host(
+        self,
+        host_id: str,
+        settings: RuntimeSettings,
+        *,
+        redis_url: str,
+        model: ModelSettings,
+        model_url: str,
+    ) -> Any:
+        handle = _ray.start_actor(
+            SessionHostActor,
+            host_id,
+            redis_url=redis_url,
+            model=model,
+            model_url=model_url,
+            agent_spec=settings.agent,
+            capacity=settings.host_capacity,
+            tool_timeout_s=settings.tool_timeout_s,
+            events_maxlen=settings.events_maxlen,
+        )
+        self.host_pids[host_id] = _ray.call_sync(handle, "start", timeout=60.0)
+        self.hosts[host_id] = handle
+        return handle
+
+    def stop(self) -> None:
+        """Stop executors and hosts (ending their calls), then the router; kill what remains."""
+        refs = [_ray.submit(e, "stop") for e in self.executors]
+        refs += [_ray.submit(h, "shutdown") for h in self.hosts.values()]
+        try:
+            _ray.wait_all(refs, timeout=15.0)
+        except Exception:
+            logger.warning("some actors did not stop cleanly", exc_info=True)
+        try:
+            _ray.call_sync(self.router, "stop", timeout=5.0)
+        except Exception:
+            logger.warning("router did not stop cleanly", exc_info=True)
+        for handle in [*self.executors, *self.hosts.values(), self.router]:
+            _ray.kill(handle)  # the router is detached: it would outlive the driver otherwise
+
+
+def start_cluster(
+    settings: RuntimeSettings,
+    *,
+    redis_url: str,
+    model: ModelSettings,
+    model_url: str,
+    host_prefix: str = "host",
+) -> Cluster:
+    router = _ray.start_actor(
+        RouterActor,
+        redis_url,
+        cluster_capacity=settings.cluster_capacity,
+        health_interval_s=settings.health_interval_s,
+        events_maxlen=settings.events_maxlen,
+        name=_ray.ROUTER_NAME,
+        detached=True,
+    )
+    _ray.call_sync(router, "start", timeout=60.0)
+    cluster = Cluster(router, {}, {}, [], [])
+    for n in range(settings.hosts):
+        cluster.add_host(
+            f"{host_prefix}-{n}", settings, redis_url=redis_url, model=model, model_url=model_url
+        )
+    for n in range(settings.executors):
+        executor = _ray.start_actor(
+            ToolExecutorActor,
+            f"executor-{n}",
+            redis_url=redis_url,
+            agent_spec=settings.agent,
+            concurrency=settings.executor_concurrency,
+        )
+        cluster.executors.append(executor)
+    cluster.executor_pids = _ray.wait_all(
+        [_ray.submit(e, "start") for e in cluster.executors], 60.0
+    )
+    return cluster

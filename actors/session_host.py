@@ -1,0 +1,108 @@
+"""``SessionHostActor``: a Ray actor hosting hundreds of calls (a :class:`CallHost`).
+
+It owns this process's Redis connection, the shared :class:`RedisToolRunner` (tool results for
+every call here arrive on one stream, ``callray:tool-results:<host id>``) and the call-event
+writer, and registers itself with the router when started.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from actors import _ray
+from services.agents.registry import load_agents
+from services.config import ModelSettings
+from services.runtime.commands import CallInput, CallSpec, Command
+from services.runtime.events import BufferedEventSink
+from services.runtime.host import CallHost, HostStats
+from services.toolbus.call_events import CallEventLog
+from services.toolbus.redis_client import connect as connect_redis
+from services.toolbus.runner import RedisToolRunner
+
+logger = logging.getLogger(__name__)
+
+
+class SessionHostActor:
+    def __init__(
+        self,
+        host_id: str,
+        *,
+        redis_url: str,
+        model: ModelSettings,
+        model_url: str,
+        agent_spec: str | None,
+        capacity: int,
+        tool_timeout_s: float = 30.0,
+        events_maxlen: int = 100_000,
+    ) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.host_id = host_id
+        self._capacity = capacity
+        self._redis = connect_redis(redis_url)
+        self._runner = RedisToolRunner(self._redis, host_id=host_id, default_timeout=tool_timeout_s)
+        self._events = BufferedEventSink(CallEventLog(self._redis, maxlen=events_maxlen))
+        self._router: _ray.RouterClient | None = None
+        self.host = CallHost(
+            host_id,
+            model=model,
+            model_url=model_url,
+            agents=load_agents(agent_spec),
+            tool_runner=self._runner,
+            events=self._events,
+            capacity=capacity,
+            on_call_end=self._call_ended,
+        )
+
+    async def start(self, register: bool = True) -> int:
+        """Start the tool-result reader and event writer, then join the router."""
+        await self._runner.start()
+        self._events.start()
+        if register:
+            self._router = _ray.RouterClient(_ray.get_router())
+            await self._router.register_host(
+                self.host_id, _ray.current_actor(), self._capacity, _ray.own_pid()
+            )
+        return _ray.own_pid()
+
+    def _call_ended(self, call_id: str, reason: str) -> None:
+        if self._router is not None:
+            self._router.release(call_id, reason)
+
+    def ping(self) -> int:
+        return len(self.host.calls)
+
+    async def open_call(self, spec: CallSpec) -> float:
+        return await self.host.open_call(spec)
+
+    def feed(self, batch: Sequence[tuple[str, bytes]], sent_at: float | None = None) -> int:
+        return self.host.feed(batch, sent_at)
+
+    def send(self, call_id: str, message: CallInput) -> bool:
+        return self.host.send(call_id, message)
+
+    def hang_up(self, call_id: str) -> bool:
+        return self.host.hang_up(call_id)
+
+    async def pull_output(self, max_wait_s: float = 0.02) -> list[Command]:
+        return await self.host.pull_output(max_wait_s)
+
+    async def close_call(self, call_id: str, reason: str = "closed") -> bool:
+        return await self.host.close_call(call_id, reason)
+
+    def stats(self) -> HostStats:
+        return self.host.stats()
+
+    async def shutdown(self) -> None:
+        """End every call here and flush events (a drained host has none left)."""
+        await self.host.close_all("host_shutdown")
+        await self._events.close()
+        await self._runner.stop()
+        await self._redis.aclose()
+
+    def pid(self) -> int:
+        return _ray.own_pid()
+
+    def info(self) -> dict[str, Any]:
+        return {"host_id": self.host_id, "pid": _ray.own_pid(), "calls": len(self.host.calls)}

@@ -1,0 +1,187 @@
+"""The router's logic: host registry, placement with atomic admission, drain, dead hosts.
+
+``actors/router.py`` runs it as the named, detached ``callray-router`` actor; here it talks to
+hosts through :class:`HostLike`, so it is tested with fakes. ``open_call`` reserves a seat
+synchronously (see :mod:`placement`) before its first ``await``, which is what makes admission
+exact under bursts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any, Protocol
+
+from services.errors import CallrayError
+from services.observability import metrics
+from services.runtime.commands import CallSpec
+from services.runtime.events import EventSink
+from services.runtime.placement import Placement, Rejected
+
+logger = logging.getLogger(__name__)
+
+HOST_LOST = "host_lost"
+
+
+class HostLike(Protocol):
+    async def open_call(self, spec: CallSpec) -> float: ...
+
+    async def ping(self, limit_s: float) -> Any: ...
+
+    async def shutdown(self, limit_s: float) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Opened:
+    call_id: str
+    host_id: str
+    host: Any  # the host's handle, for the ingress to stream media to
+    setup_s: float
+
+
+@dataclasses.dataclass(slots=True)
+class _Host:
+    client: HostLike
+    handle: Any
+    pid: int
+    misses: int = 0
+    releasing: bool = False
+
+
+class RouterCore:
+    def __init__(
+        self,
+        *,
+        cluster_capacity: int,
+        events: EventSink,
+        health_interval_s: float = 1.0,
+        ping_timeout_s: float = 2.0,
+        misses_before_lost: int = 2,
+    ) -> None:
+        self.placement = Placement(cluster_capacity)
+        self._hosts: dict[str, _Host] = {}
+        self._transport_of: dict[str, str] = {}
+        self._events = events
+        self._interval = health_interval_s
+        self._ping_timeout = ping_timeout_s
+        self._misses = misses_before_lost
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.released: list[str] = []
+        self.lost: list[str] = []
+
+    # ----- hosts ---------------------------------------------------------------------------------
+
+    def register_host(
+        self, host_id: str, client: HostLike, handle: Any, capacity: int, pid: int
+    ) -> None:
+        self._hosts[host_id] = _Host(client, handle, pid)
+        self.placement.add_host(host_id, capacity)
+        logger.info("session host %s registered (capacity %d)", host_id, capacity)
+
+    def drain(self, host_id: str) -> bool:
+        """No new calls on ``host_id``; once its calls have ended it is shut down and released."""
+        if not self.placement.drain(host_id):
+            return False
+        self._spawn(self._release_when_drained(host_id))
+        return True
+
+    async def _release_when_drained(self, host_id: str) -> None:
+        while not self.placement.drained(host_id):
+            if host_id not in self._hosts:
+                return  # lost while draining
+            await asyncio.sleep(0.05)
+        host = self._hosts.pop(host_id, None)
+        self.placement.remove_host(host_id)
+        if host is None:
+            return
+        try:
+            await host.client.shutdown(limit_s=10.0)
+        except CallrayError:
+            logger.warning("host %s did not shut down cleanly", host_id)
+        host.client.kill()
+        metrics.process_exited(host.pid)
+        self.released.append(host_id)
+        logger.info("session host %s drained and released", host_id)
+
+    # ----- calls ---------------------------------------------------------------------------------
+
+    async def open_call(self, spec: CallSpec) -> Opened | Rejected:
+        decision = self.placement.place(spec.call_id)  # synchronous: the admission point
+        if isinstance(decision, Rejected):
+            metrics.call_rejected(decision.reason)
+            return decision
+        host = self._hosts[decision.host_id]
+        self._transport_of[spec.call_id] = spec.transport
+        try:
+            setup = await host.client.open_call(spec)
+        except Exception as exc:
+            self.placement.release(spec.call_id)
+            self._transport_of.pop(spec.call_id, None)
+            reason = getattr(exc, "reason", "setup_failed")
+            logger.warning("call setup failed on %s: %s", decision.host_id, reason)
+            return Rejected(str(reason))
+        return Opened(spec.call_id, decision.host_id, host.handle, setup)
+
+    def release(self, call_id: str, reason: str = "") -> None:
+        self.placement.release(call_id)
+        self._transport_of.pop(call_id, None)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "calls": self.placement.active_calls,
+            "cluster_capacity": self.placement.cluster_capacity,
+            "hosts": {
+                s.host_id: {"calls": len(s.calls), "capacity": s.capacity, "draining": s.draining}
+                for s in self.placement.hosts()
+            },
+            "released": list(self.released),
+            "lost": list(self.lost),
+        }
+
+    # ----- health --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._spawn(self._health_loop())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await asyncio.gather(*(self._check(h) for h in list(self._hosts)))
+
+    async def _check(self, host_id: str) -> None:
+        host = self._hosts.get(host_id)
+        if host is None:
+            return
+        try:
+            await host.client.ping(limit_s=self._ping_timeout)
+            host.misses = 0
+        except CallrayError:
+            host.misses += 1
+            if host.misses >= self._misses and host_id in self._hosts:
+                self.host_lost(host_id)
+
+    def host_lost(self, host_id: str) -> list[str]:
+        """Report every call of a dead host ended, and place no more calls there."""
+        host = self._hosts.pop(host_id, None)
+        calls = self.placement.remove_host(host_id)
+        self.lost.append(host_id)
+        for call_id in calls:
+            transport = self._transport_of.pop(call_id, "unknown")
+            metrics.call_outcome(transport, HOST_LOST)
+            self._events.emit("call.ended", call_id, reason=HOST_LOST, duration_s=-1)
+        if host is not None:
+            metrics.process_exited(host.pid)
+        logger.error("session host %s lost with %d calls", host_id, len(calls))
+        return calls
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()

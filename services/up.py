@@ -1,0 +1,113 @@
+"""``callray up``: the whole system on one machine, on embedded defaults.
+
+Starts, in order: a metrics directory for this node, Redis (an embedded ``redis-server`` unless
+``REDIS_URL`` is set), the model (our local server in a child process unless ``OPENAI_API_KEY`` or
+``CALLRAY_MODEL_URL`` is set), Ray (local unless ``RAY_ADDRESS`` is set), the router, session hosts
+and tool executors, and the node's metrics endpoint. Ctrl-C or SIGTERM stops everything it
+started, in reverse order, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from services.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _wait_for_stop() -> str:
+    stop = threading.Event()
+    received: list[str] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    stop.wait()
+    return received[0]
+
+
+def run_up(settings: Settings) -> int:
+    rt = settings.runtime
+    data_dir = Path(rt.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Before prometheus_client is imported here or in any actor: multiprocess mode is chosen then.
+    # It must exist and be empty (stale files of dead processes would be counted again).
+    metrics_dir = data_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    from actors import _ray
+    from actors.cluster import start_cluster
+    from services.embedded.model_process import ModelProcess
+    from services.embedded.redis_server import EmbeddedRedis
+    from services.observability import metrics
+
+    lines: list[str] = []
+    with ExitStack() as stack:
+        if rt.redis_url:
+            redis_url = rt.redis_url
+            lines.append(f"redis     {redis_url} (REDIS_URL)")
+        else:
+            redis = EmbeddedRedis(data_dir / "redis")
+            redis_url = redis.start()
+            stack.callback(redis.stop)
+            lines.append(
+                f"redis     {redis_url} (embedded redis-server {redis.version}, pid {redis.pid})"
+            )
+        (data_dir / "redis.url").write_text(redis_url + "\n")
+
+        model = settings.model
+        if model.url is None:
+            local = ModelProcess(log=data_dir / "logs" / "model.log")
+            model_url = local.start()
+            stack.callback(local.stop)
+            lines.append(
+                f"model     {model_url} (local model server, no OPENAI_API_KEY; pid {local.pid})"
+            )
+        else:
+            model_url = model.url
+            lines.append(f"model     {model_url} ({model.model})")
+
+        if rt.ray_address is None:
+            # Local cluster on loopback only: Ray's token auth guards nothing here and writes a
+            # token file outside the data directory (reference/feasibility.md §6).
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        _ray.init(
+            address=rt.ray_address,
+            env_vars={
+                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+                "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", ""),
+            },
+        )
+        stack.callback(_ray.shutdown)
+        lines.append(f"ray       {rt.ray_address or 'local (ray.init)'}")
+
+        cluster = start_cluster(rt, redis_url=redis_url, model=model, model_url=model_url)
+        stack.callback(cluster.stop)
+        lines.append(
+            f"calls     router + {rt.hosts} session hosts x {rt.host_capacity} calls "
+            f"(cluster cap {rt.cluster_capacity}), {rt.executors} tool executors, "
+            f"agent {rt.agent or 'demo'}"
+        )
+
+        server = metrics.serve_metrics(rt.metrics_port)
+        stack.callback(server.close)
+        lines.append(f"metrics   http://127.0.0.1:{server.port}/metrics")
+        lines.append("events    callray events tail   (stream callray:call-events)")
+
+        print("callray is up\n  " + "\n  ".join(lines) + "\n  Ctrl-C stops everything.", flush=True)
+        why = _wait_for_stop()
+        print(f"callray: {why} received, stopping", flush=True)
+    print("callray: stopped", flush=True)
+    return 0
