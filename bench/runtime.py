@@ -141,16 +141,8 @@ def main() -> None:
 
         host_id, host = next(iter(cluster.hosts.items()))
         host_proc = psutil.Process(cluster.host_pids[host_id])
-        opens: list[float] = []
-        for n in range(args.opens):
-            begin = time.perf_counter()
-            opened = cluster.open_call(CallSpec(f"open-{n}", agent="bench", greet=False))
-            opens.append(time.perf_counter() - begin)
-            assert isinstance(opened, Opened), opened
-            _ray.call_sync(host, "hang_up", f"open-{n}")
-        result["call_open"] = summary_ms(opens)
-        print(json.dumps(result["call_open"]), flush=True)
-
+        # Memory first, on a host that has not hosted calls yet (freed arenas of earlier calls
+        # would otherwise hide the growth).
         time.sleep(1.0)
         rss_before = host_proc.memory_info().rss
         for n in range(args.idle_calls):
@@ -166,6 +158,21 @@ def main() -> None:
             "per_call_mb": round(per_call / 2**20, 3),
         }
         print(json.dumps(result["memory_per_call"]), flush=True)
+        for n in range(args.idle_calls):
+            _ray.call_sync(host, "hang_up", f"idle-{n}")
+        deadline = time.monotonic() + 30
+        while cluster.status()["calls"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+        opens: list[float] = []
+        for n in range(args.opens):
+            begin = time.perf_counter()
+            opened = cluster.open_call(CallSpec(f"open-{n}", agent="bench", greet=False))
+            opens.append(time.perf_counter() - begin)
+            assert isinstance(opened, Opened), opened
+            _ray.call_sync(host, "hang_up", f"open-{n}")
+        result["call_open"] = summary_ms(opens)
+        print(json.dumps(result["call_open"]), flush=True)
         cluster.stop()
     finally:
         _ray.shutdown()

@@ -4,7 +4,8 @@
     ├── ConfigError               a setting is missing or malformed
     ├── ProtocolError             input on a wire was wrong; the message says what and where
     │   ├── RealtimeProtocolError     a Realtime event (either direction)
-    │   └── AudioFormatError          audio bytes or an audio format description
+    │   ├── AudioFormatError          audio bytes or an audio format description
+    │   └── MediaStreamProtocolError  a telephony media-stream message (Twilio, ...) or its token
     ├── TransportError            a connection could not be used
     │   ├── TransportClosed           the peer or we closed it (code, reason)
     │   └── NotConnected              an operation needs an open connection
@@ -62,6 +63,11 @@ class RealtimeProtocolError(ProtocolError):
 
 class AudioFormatError(ProtocolError):
     """Audio bytes or an audio format description cannot be used."""
+
+
+class MediaStreamProtocolError(ProtocolError):
+    """A telephony media-stream message (Twilio Media Streams and the like) is malformed, too
+    large or out of order for the stream's state; ``field`` is its JSON path when one is known."""
 
 
 class TransportError(CallrayError):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from services.embedded.redis_server import _die_with_parent
+from services.embedded.process import die_with_parent
 from services.errors import ConfigError
 
 _URL = re.compile(rb"(ws://[0-9.]+:\d+/v1/realtime)")
@@ -41,7 +41,7 @@ class ModelProcess:
             stdout=subprocess.PIPE,
             stderr=log,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(),
         )
         assert self._proc.stdout is not None
         deadline = time.monotonic() + limit_s

@@ -15,22 +15,19 @@ long as the process (the main thread), not from a short-lived worker thread.
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final
 
+from services.embedded.process import die_with_parent
 from services.errors import ConfigError, ServiceStartError, UserError
 
 logger = logging.getLogger(__name__)
@@ -41,7 +38,6 @@ LOG_FILE_NAME: Final = "redis-server.log"
 
 _VERSION = re.compile(rb"v=(\d+)\.(\d+)\.(\d+)")
 _PROCESS_ID = re.compile(rb"process_id:(\d+)\r\n")
-_PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
 _PORT_ATTEMPTS: Final = 5
 _LOG_TAIL_LINES: Final = 20
 
@@ -89,23 +85,6 @@ def _free_port() -> int:
         probe.bind((HOST, 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child receive SIGTERM when we die (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    # Resolved before fork: loading a library in the forked child of a threaded process can
-    # deadlock on the loader's lock.
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # we died between fork and prctl: the signal will never come
-            os._exit(1)
-
-    return preexec
 
 
 class _PortTaken(Exception):
@@ -239,7 +218,7 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(),
             # Its own session: a Ctrl-C in the terminal reaches us, and we stop Redis last,
             # after the components that still write to it.
             start_new_session=True,
