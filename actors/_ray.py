@@ -158,3 +158,30 @@ class RouterClient:
 def current_actor() -> Any:
     """The handle of the actor this code runs in."""
     return ray.get_runtime_context().current_actor
+
+
+class HostPort:
+    """An ingress's view of one session host (see services.gateway.host_link)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def feed(self, batch: Sequence[tuple[str, bytes]], sent_at: float) -> Any:
+        return await call(self.handle, "feed", list(batch), sent_at)
+
+    async def pull_output(self, max_wait_s: float, ingress_id: str) -> list[Any]:
+        result: list[Any] = await call(self.handle, "pull_output", max_wait_s, ingress_id)
+        return result
+
+    def send(self, call_id: str, message: Any) -> None:
+        fire(self.handle, "send", call_id, message)
+
+
+class RouterPort:
+    """An ingress's view of the router."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def open_call(self, spec: Any) -> Any:
+        return await call(self.handle, "open_call", spec)

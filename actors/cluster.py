@@ -10,10 +10,11 @@ import logging
 from typing import Any
 
 from actors import _ray
+from actors.ingress import IngressActor
 from actors.router import RouterActor
 from actors.session_host import SessionHostActor
 from actors.tool_executor import ToolExecutorActor
-from services.config import ModelSettings, RuntimeSettings
+from services.config import GatewaySettings, ModelSettings, RuntimeSettings
 from services.runtime.commands import CallSpec
 from services.runtime.placement import Rejected
 from services.runtime.router import Opened
@@ -28,6 +29,15 @@ class Cluster:
     host_pids: dict[str, int]
     executors: list[Any]
     executor_pids: list[int]
+    ingresses: list[Any] = dataclasses.field(default_factory=list)
+    ingress_ports: list[int] = dataclasses.field(default_factory=list)
+
+    def add_ingress(self, ingress_id: str, settings: GatewaySettings) -> int:
+        handle = _ray.start_actor(IngressActor, ingress_id, settings)
+        port = int(_ray.call_sync(handle, "start", timeout=60.0))
+        self.ingresses.append(handle)
+        self.ingress_ports.append(port)
+        return port
 
     def open_call(self, spec: CallSpec, *, limit_s: float = 30.0) -> Opened | Rejected:
         result: Opened | Rejected = _ray.call_sync(self.router, "open_call", spec, timeout=limit_s)
@@ -63,6 +73,11 @@ class Cluster:
 
     def stop(self) -> None:
         """Stop executors and hosts (ending their calls), then the router; kill what remains."""
+        refs = [_ray.submit(i, "stop") for i in self.ingresses]
+        try:
+            _ray.wait_all(refs, timeout=10.0)
+        except Exception:
+            logger.warning("an ingress did not stop cleanly", exc_info=True)
         refs = [_ray.submit(e, "stop") for e in self.executors]
         refs += [_ray.submit(h, "shutdown") for h in self.hosts.values()]
         try:
@@ -73,7 +88,7 @@ class Cluster:
             _ray.call_sync(self.router, "stop", timeout=5.0)
         except Exception:
             logger.warning("router did not stop cleanly", exc_info=True)
-        for handle in [*self.executors, *self.hosts.values(), self.router]:
+        for handle in [*self.ingresses, *self.executors, *self.hosts.values(), self.router]:
             _ray.kill(handle)  # the router is detached: it would outlive the driver otherwise
 
 

@@ -85,8 +85,8 @@ class SessionHostActor:
     def hang_up(self, call_id: str) -> bool:
         return self.host.hang_up(call_id)
 
-    async def pull_output(self, max_wait_s: float = 0.02) -> list[Command]:
-        return await self.host.pull_output(max_wait_s)
+    async def pull_output(self, max_wait_s: float = 0.02, ingress_id: str = "") -> list[Command]:
+        return await self.host.pull_output(max_wait_s, ingress_id)
 
     async def close_call(self, call_id: str, reason: str = "closed") -> bool:
         return await self.host.close_call(call_id, reason)

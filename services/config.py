@@ -90,10 +90,23 @@ class RuntimeSettings:
 
 
 @dataclass(frozen=True)
+class GatewaySettings:
+    """The front door: one port for Twilio's webhook and media streams, health and metrics."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None  # https://voice.example.com, as Twilio reaches us
+    twilio_auth_token: Secret = Secret("")  # when set, X-Twilio-Signature is required
+    stream_secret: Secret = Secret("")  # signs single-use stream tokens; random when empty
+    stream_token_ttl_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     model: ModelSettings
     local_model: LocalModelSettings
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
 
 
 def _check_ws_url(name: str, url: str) -> str:
@@ -164,6 +177,20 @@ def load_runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
     )
 
 
+def load_gateway_settings(env: Mapping[str, str]) -> GatewaySettings:
+    d = GatewaySettings()
+    public = env.get("CALLRAY_PUBLIC_URL", "").strip().rstrip("/") or None
+    if public is not None and urlsplit(public).scheme not in ("http", "https"):
+        raise ConfigError(f"CALLRAY_PUBLIC_URL must be an http(s) URL, got {public!r}")
+    return GatewaySettings(
+        host=env.get("CALLRAY_HOST", "").strip() or d.host,
+        port=_int(env, "CALLRAY_PORT", d.port),
+        public_url=public,
+        twilio_auth_token=Secret(env.get("TWILIO_AUTH_TOKEN", "").strip()),
+        stream_secret=Secret(env.get("CALLRAY_STREAM_SECRET", "").strip()),
+    )
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting once. ``env`` defaults to the process environment."""
     source = os.environ if env is None else env
@@ -171,4 +198,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         model=load_model_settings(source),
         local_model=LocalModelSettings(),
         runtime=load_runtime_settings(source),
+        gateway=load_gateway_settings(source),
     )

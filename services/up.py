@@ -101,6 +101,10 @@ def run_up(settings: Settings) -> int:
             f"agent {rt.agent or 'demo'}"
         )
 
+        port = cluster.add_ingress("ingress-0", settings.gateway)
+        base = settings.gateway.public_url or f"http://{settings.gateway.host}:{port}"
+        lines.append(f"twilio    POST {base}/twilio/voice  (media: /twilio/media)")
+
         server = metrics.serve_metrics(rt.metrics_port)
         stack.callback(server.close)
         lines.append(f"metrics   http://127.0.0.1:{server.port}/metrics")

@@ -27,6 +27,7 @@ from services.realtime.session import RealtimeSession
 from services.realtime.tools import FunctionTool, ToolCall, ToolResult, ToolRunner
 from services.realtime.transports.base import TransportAudio
 from services.runtime.commands import (
+    AudioDone,
     CallEnded,
     CallerHungUp,
     CallInput,
@@ -202,10 +203,14 @@ class CallSession(CallControl):
         t.on("response.output_audio_transcript.done", self._on_assistant_transcript)
         t.on("conversation.item.input_audio_transcription.completed", self._on_user_transcript)
         t.on("connection_change", self._on_connection)
+        t.on("audio_done", self._on_audio_done)
 
     def _on_audio(self, audio: TransportAudio) -> None:
         metrics.media_frames("out", 1)
         self._out(PlayAudio(self.call_id, audio.data, audio.item_id, audio.content_index))
+
+    def _on_audio_done(self, item_id: str) -> None:
+        self._out(AudioDone(self.call_id, item_id))
 
     def _on_interrupted(self, _agent: RealtimeAgent) -> None:
         self._out(ClearPlayback(self.call_id))

@@ -25,6 +25,9 @@ class CallSpec:
     agent: str | None = None
     caller: Mapping[str, str] = dataclasses.field(default_factory=dict)
     greet: bool = True
+    # Which ingress pulls this call's commands: a host serves several ingresses, each polling
+    # only its own calls' output.
+    ingress_id: str = ""
 
 
 # ----- inputs: ingress → session -----------------------------------------------------------------
@@ -64,6 +67,15 @@ class PlayAudio:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AudioDone:
+    """The model finished an item's audio: the ingress flushes what it still buffers for it."""
+
+    call_id: str
+    item_id: str
+    content_index: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ClearPlayback:
     """Drop audio queued for the caller at once (barge-in)."""
 
@@ -90,4 +102,4 @@ class CallEnded:
     reason: str
 
 
-Command = PlayAudio | ClearPlayback | Hangup | Transfer | CallEnded
+Command = PlayAudio | AudioDone | ClearPlayback | Hangup | Transfer | CallEnded

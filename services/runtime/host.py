@@ -71,8 +71,8 @@ class CallHost:
         self._setup_timeout = setup_timeout_s
         self._clock = clock
         self.calls: dict[str, CallSession] = {}
-        self._output: deque[Command] = deque()
-        self._output_ready = asyncio.Event()
+        self._outputs: dict[str, deque[Command]] = {}
+        self._ready: dict[str, asyncio.Event] = {}
         self._frames_in = 0
         self._unknown_frames = 0
 
@@ -90,13 +90,20 @@ class CallHost:
         except ConfigError as exc:
             metrics.call_outcome(spec.transport, "unknown_agent")
             raise CallSetupError(str(exc), reason="unknown_agent") from exc
+        queue = self._outputs.setdefault(spec.ingress_id, deque())
+        ready = self._ready.setdefault(spec.ingress_id, asyncio.Event())
+
+        def emit(command: Command) -> None:
+            queue.append(command)
+            ready.set()
+
         call = CallSession(
             spec,
             agent,
             model=self._model,
             model_url=self._model_url,
             tool_runner=self._runner,
-            out=self._emit,
+            out=emit,
             events=self._events,
             on_end=self._ended,
             clock=self._clock,
@@ -171,21 +178,20 @@ class CallHost:
 
     # ----- commands out --------------------------------------------------------------------------
 
-    def _emit(self, command: Command) -> None:
-        self._output.append(command)
-        self._output_ready.set()
-
-    async def pull_output(self, max_wait_s: float = 0.02) -> list[Command]:
-        """Every command since the last pull; waits up to ``max_wait_s`` for the first one."""
-        if not self._output:
-            self._output_ready.clear()
+    async def pull_output(self, max_wait_s: float = 0.02, ingress_id: str = "") -> list[Command]:
+        """Every command for ``ingress_id``'s calls since its last pull; waits up to
+        ``max_wait_s`` for the first one."""
+        queue = self._outputs.setdefault(ingress_id, deque())
+        ready = self._ready.setdefault(ingress_id, asyncio.Event())
+        if not queue:
+            ready.clear()
             try:
                 async with asyncio.timeout(max_wait_s):
-                    await self._output_ready.wait()
+                    await ready.wait()
             except TimeoutError:
                 return []
-        out = list(self._output)
-        self._output.clear()
+        out = list(queue)
+        queue.clear()
         return out
 
     def stats(self) -> HostStats:

@@ -53,8 +53,10 @@ def busy_twiml(message: str) -> str:
 
 def _check_stream_url(url: str) -> None:
     parts = urlsplit(url)
-    if parts.scheme != "wss" or not parts.netloc:
-        raise UserError(f"stream URL must be an absolute wss:// URL, got {url!r}")
+    # Twilio itself only connects to wss://; ws:// serves local development and our simulated
+    # callers (`callray loadtest`) when no public TLS URL is configured.
+    if parts.scheme not in ("wss", "ws") or not parts.netloc:
+        raise UserError(f"stream URL must be an absolute wss:// (or ws://) URL, got {url!r}")
     if parts.query or parts.fragment:
         # Twilio strips the query string and may fail the handshake (error 31920).
         raise UserError(f"stream URL must not have a query or fragment, got {url!r}")

@@ -1,0 +1,49 @@
+"""``IngressActor``: a Ray actor that owns the gateway's listening socket (Twilio webhook and
+media streams, health, metrics) and streams media to session hosts in batches."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from aiohttp import web
+
+from actors import _ray
+from services.config import GatewaySettings
+from services.gateway.app import Gateway
+from services.telephony.stream_tokens import StreamTokens
+
+logger = logging.getLogger(__name__)
+
+
+class IngressActor:
+    def __init__(self, ingress_id: str, settings: GatewaySettings) -> None:
+        logging.basicConfig(level=logging.INFO)
+        secret = settings.stream_secret.value.encode() or secrets.token_bytes(32)
+        self.gateway = Gateway(
+            ingress_id=ingress_id,
+            settings=settings,
+            router=_ray.RouterPort(_ray.get_router()),
+            host_port=_ray.HostPort,
+            tokens=StreamTokens(secret, settings.stream_token_ttl_s),
+        )
+        self._settings = settings
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Listen; returns the bound port (``port`` 0 picks a free one)."""
+        self._runner = web.AppRunner(self.gateway.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        logger.info("gateway listening on %s:%d", self._settings.host, self.port)
+        return self.port
+
+    def ping(self) -> int:
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -1,0 +1,158 @@
+"""One Twilio media stream ↔ one call's session, without sockets.
+
+Inbound Twilio frames become actions for the gateway (open the call, forward media, tell the
+session what was played or dialled, end); session commands become outbound Twilio frames. The
+playback bookkeeping (20 ms media + mark, barge-in ``clear``) is
+:class:`~services.telephony.twilio_playback.TwilioPlayback`; framing is
+:class:`~services.telephony.media_streams.TwilioSerializer`. Swapping the serializer is how other
+providers' media streams plug in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from services.errors import MediaStreamProtocolError
+from services.runtime.commands import (
+    AudioDone,
+    CallEnded,
+    CallInput,
+    ClearPlayback,
+    Command,
+    Dtmf,
+    Hangup,
+    PlayAudio,
+    Transfer,
+)
+from services.telephony.media_streams import (
+    DtmfReceived,
+    MarkReceived,
+    MediaReceived,
+    StreamConnected,
+    StreamStarted,
+    StreamStopped,
+    TwilioSerializer,
+    UnknownStreamEvent,
+)
+from services.telephony.stream_tokens import StreamTokens
+from services.telephony.twilio_playback import SendMark, SendMedia, TwilioPlayback
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OpenCall:
+    call_id: str
+    stream_id: str
+    caller: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ForwardMedia:
+    payload: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ToSession:
+    message: CallInput
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EndStream:
+    """Close the media stream (with <Connect><Stream>, Twilio then ends the call)."""
+
+    reason: str
+
+
+Action = OpenCall | ForwardMedia | ToSession | EndStream
+
+
+class TwilioBridge:
+    def __init__(self, tokens: StreamTokens | None) -> None:
+        self.serializer = TwilioSerializer()
+        self.playback = TwilioPlayback()
+        self._tokens = tokens
+        self.call_id: str | None = None
+        self.stream_id: str | None = None
+
+    # ----- Twilio → us -----------------------------------------------------------------------
+
+    def receive(self, message: str | bytes) -> list[Action]:
+        """Raises :class:`MediaStreamProtocolError` for a frame that cannot be used."""
+        event = self.serializer.parse(message)
+        if isinstance(event, MediaReceived):
+            return [ForwardMedia(event.payload)]
+        if isinstance(event, MarkReceived):
+            result = self.playback.on_mark(event.name)
+            return [ToSession(result.played)] if result.played is not None else []
+        if isinstance(event, StreamStarted):
+            return [self._start(event)]
+        if isinstance(event, DtmfReceived):
+            return [ToSession(Dtmf(event.digit))]
+        if isinstance(event, StreamStopped):
+            return [EndStream("caller_hangup")]
+        if isinstance(event, UnknownStreamEvent):
+            logger.info("ignoring unknown Twilio event %r", event.raw.get("event"))
+        elif not isinstance(event, StreamConnected):
+            logger.debug("ignoring Twilio event %s", type(event).__name__)
+        return []
+
+    def _start(self, event: StreamStarted) -> OpenCall:
+        if self._tokens is not None:
+            # Only a stream that Twilio opened from our own TwiML carries a valid, unused token.
+            self._tokens.redeem(event.custom_parameters.get("token", ""), event.call_id)
+        self.call_id = event.call_id
+        self.stream_id = event.stream_id
+        caller = {k: v for k, v in event.custom_parameters.items() if k != "token"}
+        caller["account_sid"] = event.account_id
+        return OpenCall(event.call_id, event.stream_id, caller)
+
+    # ----- us → Twilio -----------------------------------------------------------------------
+
+    def on_command(self, command: Command) -> tuple[list[str], str | None]:
+        """Twilio frames for ``command``, and a reason when the stream must now close."""
+        stream = self.stream_id
+        if stream is None:
+            return [], None
+        if isinstance(command, PlayAudio):
+            return self._frames(
+                self.playback.on_model_audio(command.item_id, command.content_index, command.data)
+            ), None
+        if isinstance(command, AudioDone):
+            return self._frames(
+                self.playback.on_audio_done(command.item_id, command.content_index)
+            ), None
+        if isinstance(command, ClearPlayback):
+            interruption = self.playback.interrupt()
+            return ([self.serializer.encode_clear(stream)] if interruption.clear else []), None
+        if isinstance(command, Hangup):
+            return [], command.reason
+        if isinstance(command, Transfer):
+            # A transfer needs Twilio's REST API (a <Dial> on the live call): not built yet.
+            logger.warning("transfer requested but not supported for Twilio streams yet")
+            return [], "transfer_unsupported"
+        if isinstance(command, CallEnded):
+            return [], command.reason
+        return [], None
+
+    def _frames(self, outbound: list[SendMedia | SendMark]) -> list[str]:
+        assert self.stream_id is not None
+        frames: list[str] = []
+        for item in outbound:
+            if isinstance(item, SendMedia):
+                frames.append(self.serializer.encode_media(self.stream_id, item.payload))
+            else:
+                frames.append(self.serializer.encode_mark(self.stream_id, item.name))
+        return frames
+
+
+__all__ = [
+    "Action",
+    "EndStream",
+    "ForwardMedia",
+    "MediaStreamProtocolError",
+    "OpenCall",
+    "ToSession",
+    "TwilioBridge",
+]

@@ -1,0 +1,169 @@
+"""A small simulated Twilio caller for end-to-end tests: follows the TwiML, streams paced
+μ-law, plays received audio in real time and echoes each mark once the audio before it has
+played, honours ``clear`` by dropping its buffer and echoing pending marks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+import xml.etree.ElementTree as ET
+from collections import deque
+from typing import Any
+
+import aiohttp
+import websockets
+
+
+class TwilioCaller:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.call_sid = "CA" + uuid.uuid4().hex
+        self.stream_sid = "MZ" + uuid.uuid4().hex
+        self.received_audio = 0  # bytes of model audio received
+        self.played_audio = 0
+        self.clears = 0
+        self.closed_reason: str | None = None
+        self.acked: dict[str, int] = {}  # item id -> ms acknowledged through echoed marks
+        self.acked_at_clear: dict[str, int] = {}
+        self._buffer: deque[bytes | str] = deque()  # audio chunks and mark names, in order
+        self._ws: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.to_send: asyncio.Queue[bytes] = asyncio.Queue()
+        self.events: list[dict[str, Any]] = []
+
+    async def dial(self, **form: str) -> str:
+        data = {
+            "CallSid": self.call_sid,
+            "AccountSid": "AC" + "0" * 32,
+            "From": "+15550100",
+            "To": "+15550199",
+            **form,
+        }
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{self.base_url}/twilio/voice", data=data) as response:
+                assert response.status == 200, await response.text()
+                twiml = await response.text()
+        stream = ET.fromstring(twiml).find("./Connect/Stream")
+        assert stream is not None, twiml
+        params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+        self._ws = await websockets.connect(stream.get("url", ""))
+        await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        await self._send(
+            {
+                "event": "start",
+                "sequenceNumber": "1",
+                "streamSid": self.stream_sid,
+                "start": {
+                    "streamSid": self.stream_sid,
+                    "accountSid": "AC" + "0" * 32,
+                    "callSid": self.call_sid,
+                    "tracks": ["inbound"],
+                    "customParameters": params,
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                },
+            }
+        )
+        self._tasks = [asyncio.create_task(self._recv()), asyncio.create_task(self._tick())]
+        return twiml
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self._ws.send(json.dumps(message))
+
+    async def send_dtmf(self, digit: str) -> None:
+        await self._send({"event": "dtmf", "streamSid": self.stream_sid, "dtmf": {"digit": digit}})
+
+    async def _recv(self) -> None:
+        try:
+            async for raw in self._ws:
+                msg = json.loads(raw)
+                self.events.append(msg)
+                if msg["event"] == "media":
+                    audio = base64.b64decode(msg["media"]["payload"])
+                    self.received_audio += len(audio)
+                    self._buffer.append(audio)
+                elif msg["event"] == "mark":
+                    self._buffer.append(msg["mark"]["name"])
+                elif msg["event"] == "clear":
+                    self.clears += 1
+                    # What had really been heard; the echoes below only mean "discarded".
+                    self.acked_at_clear = dict(self.acked)
+                    marks = [m for m in self._buffer if isinstance(m, str)]
+                    self._buffer.clear()
+                    for name in marks:
+                        await self._echo(name)
+        except websockets.ConnectionClosed as exc:
+            self.closed_reason = exc.rcvd.reason if exc.rcvd else "closed"
+        if self.closed_reason is None:
+            self.closed_reason = self._ws.close_reason or "closed"
+
+    async def _echo(self, name: str) -> None:
+        await self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+        parts = name.split(":")
+        if len(parts) == 4 and parts[1].isdigit():
+            self.acked[parts[0]] = max(self.acked.get(parts[0], 0), int(parts[1]))
+
+    async def _tick(self) -> None:
+        """Every 20 ms: send 160 bytes of caller audio, play 160 bytes of model audio."""
+        chunk = 0
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while self.closed_reason is None:
+            payload = self.to_send.get_nowait() if not self.to_send.empty() else b"\xff" * 160
+            chunk += 1
+            try:
+                await self._send(
+                    {
+                        "event": "media",
+                        "streamSid": self.stream_sid,
+                        "media": {
+                            "track": "inbound",
+                            "chunk": str(chunk),
+                            "timestamp": str(chunk * 20),
+                            "payload": base64.b64encode(payload).decode(),
+                        },
+                    }
+                )
+            except websockets.ConnectionClosed:
+                return
+            budget = 160
+            while self._buffer and (budget > 0 or isinstance(self._buffer[0], str)):
+                head = self._buffer[0]
+                if isinstance(head, str):
+                    self._buffer.popleft()
+                    await self._echo(head)
+                    continue
+                take = min(budget, len(head))
+                self.played_audio += take
+                budget -= take
+                if take == len(head):
+                    self._buffer.popleft()
+                else:
+                    self._buffer[0] = head[take:]
+            next_at += 0.02
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+    def speak(self, audio: bytes) -> None:
+        for at in range(0, len(audio) - 159, 160):
+            self.to_send.put_nowait(audio[at : at + 160])
+
+    async def hang_up(self) -> None:
+        try:
+            await self._send(
+                {
+                    "event": "stop",
+                    "streamSid": self.stream_sid,
+                    "stop": {"accountSid": "AC" + "0" * 32, "callSid": self.call_sid},
+                }
+            )
+        except websockets.ConnectionClosed:
+            pass
+        await self.close()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._ws is not None:
+            await self._ws.close()
