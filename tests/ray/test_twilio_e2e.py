@@ -25,7 +25,7 @@ from services.localmodel.server import LocalModelServer
 from services.telephony.g711 import ulaw_encode
 from services.toolbus.streams import CALL_EVENTS_STREAM
 from tests.conftest import TIMEOUT_FACTOR
-from tests.ray.twilio_caller import TwilioCaller
+from tests.twilio_caller import TwilioCaller
 from tests.wire import WireValidator
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.slow]

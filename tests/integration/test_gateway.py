@@ -1,0 +1,236 @@
+"""The gateway on a real socket with a real CallHost and the local model, without Ray: Twilio
+webhook checks and every kind of bad media-stream input; other calls never notice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import aiohttp
+import pytest
+import websockets
+from aiohttp.test_utils import TestServer
+from twilio.request_validator import RequestValidator
+
+from services.agents.registry import load_agents
+from services.config import GatewaySettings, LocalModelSettings, ModelSettings, Secret
+from services.gateway.app import Gateway
+from services.localmodel.server import LocalModelServer
+from services.realtime.tools import InProcessToolRunner
+from services.runtime.commands import CallInput, CallSpec, Command
+from services.runtime.events import ListEventSink
+from services.runtime.host import CallHost
+from services.runtime.router import RouterCore
+from services.telephony.stream_tokens import StreamTokens
+from tests.conftest import TIMEOUT_FACTOR
+from tests.twilio_caller import TwilioCaller
+from tests.wire import WireValidator
+
+pytestmark = pytest.mark.integration
+
+AUTH_TOKEN = "test-auth-token-123"
+WAIT = 15 * TIMEOUT_FACTOR
+
+
+class LocalHost:
+    """A CallHost in this process, seen through the ports the gateway and router use."""
+
+    def __init__(self, host: CallHost) -> None:
+        self.host = host
+
+    async def feed(self, batch: Sequence[tuple[str, bytes]], sent_at: float) -> int:
+        return self.host.feed(batch, sent_at)
+
+    async def pull_output(self, max_wait_s: float, ingress_id: str) -> list[Command]:
+        return await self.host.pull_output(max_wait_s, ingress_id)
+
+    def send(self, call_id: str, message: CallInput) -> None:
+        self.host.send(call_id, message)
+
+    async def open_call(self, spec: CallSpec) -> float:
+        return await self.host.open_call(spec)
+
+    async def ping(self, limit_s: float) -> int:
+        return len(self.host.calls)
+
+    async def shutdown(self, limit_s: float) -> None:
+        await self.host.close_all("shutdown")
+
+    def kill(self) -> None:
+        return None
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    async with asyncio.timeout(WAIT):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def gateway(wire: WireValidator) -> AsyncIterator[tuple[str, CallHost]]:
+    async with LocalModelServer(LocalModelSettings(port=0, speed=4.0), observer=wire) as model:
+        router = RouterCore(cluster_capacity=3, events=ListEventSink())
+        host = CallHost(
+            "h1",
+            model=ModelSettings(Secret(""), None, "gpt-realtime"),
+            model_url=model.url,
+            agents=load_agents(),
+            tool_runner=InProcessToolRunner(),
+            events=ListEventSink(),
+            capacity=3,
+            on_call_end=router.release,
+        )
+        local = LocalHost(host)
+        router.register_host("h1", local, host, 3, os.getpid())
+        gw = Gateway(
+            ingress_id="i1",
+            settings=GatewaySettings(twilio_auth_token=Secret(AUTH_TOKEN)),
+            router=router,
+            host_port=lambda handle: local,
+            tokens=StreamTokens(b"0123456789abcdef0123456789abcdef", 30.0),
+        )
+        server = TestServer(gw.app(), host="127.0.0.1")
+        await server.start_server()
+        try:
+            yield f"http://127.0.0.1:{server.port}", host
+        finally:
+            await server.close()
+            await host.close_all("test_end")
+
+
+def signed(url: str, params: dict[str, str]) -> dict[str, str]:
+    return {"X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(url, params)}
+
+
+class SignedCaller(TwilioCaller):
+    async def dial(self, **form: str) -> str:
+        original = aiohttp.ClientSession.post
+        url = f"{self.base_url}/twilio/voice"
+
+        def post(session: Any, target: str, *, data: dict[str, str], **kw: Any) -> Any:
+            return original(session, target, data=data, headers=signed(url, data), **kw)
+
+        aiohttp.ClientSession.post = post  # type: ignore[method-assign,assignment]
+        try:
+            return await super().dial(**form)
+        finally:
+            aiohttp.ClientSession.post = original  # type: ignore[method-assign]
+
+
+async def test_forged_or_missing_signature_is_refused(gateway: tuple[str, CallHost]) -> None:
+    base, _ = gateway
+    form = {"CallSid": "CA" + "1" * 32, "From": "+1555", "To": "+1666"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/twilio/voice", data=form) as response:
+            assert response.status == 403
+        bad = {"X-Twilio-Signature": "Zm9yZ2Vk"}
+        async with http.post(f"{base}/twilio/voice", data=form, headers=bad) as response:
+            assert response.status == 403
+        good = signed(f"{base}/twilio/voice", form)
+        async with http.post(f"{base}/twilio/voice", data=form, headers=good) as response:
+            assert response.status == 200
+            assert "<Stream" in await response.text()
+
+
+async def raw_stream(base: str) -> Any:
+    return await websockets.connect(base.replace("http", "ws") + "/twilio/media")
+
+
+async def closed_with(ws: Any) -> tuple[int, str]:
+    async with asyncio.timeout(WAIT):
+        try:
+            while True:
+                await ws.recv()
+        except websockets.ConnectionClosed as exc:
+            assert exc.rcvd is not None
+            return exc.rcvd.code, exc.rcvd.reason
+
+
+def start_frame(call_sid: str, token: str) -> str:
+    sid = "MZ" + "2" * 32
+    return json.dumps(
+        {
+            "event": "start",
+            "streamSid": sid,
+            "start": {
+                "streamSid": sid,
+                "accountSid": "AC" + "0" * 32,
+                "callSid": call_sid,
+                "tracks": ["inbound"],
+                "customParameters": {"token": token},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+    )
+
+
+async def test_bad_streams_are_closed_with_a_reason_and_a_live_call_is_untouched(
+    gateway: tuple[str, CallHost],
+) -> None:
+    base, host = gateway
+    live = SignedCaller(base)
+    await live.dial()
+    await until(lambda: live.received_audio > 8 * 300, "the live call's greeting")
+
+    cases: list[tuple[Any, str]] = [
+        ("this is not json", "JSON"),
+        (json.dumps({"event": "media", "streamSid": "MZ1", "media": {"payload": "AAAA"}}), "start"),
+        (start_frame("CA" + "3" * 32, "forged-token"), "token"),
+    ]
+    for frame, problem in cases:
+        ws = await raw_stream(base)
+        await ws.send(frame)
+        code, reason = await closed_with(ws)
+        assert code == 1008 and problem.lower() in reason.lower(), (frame, reason)
+
+    # A token is single-use and bound to its call: a replay is refused.
+    replayer = SignedCaller(base)
+    twiml = await replayer.dial()
+    token = twiml.split('name="token" value="')[1].split('"')[0]
+    ws = await raw_stream(base)
+    await ws.send(start_frame(replayer.call_sid, token))
+    code, reason = await closed_with(ws)
+    assert (code == 1008 and "used" in reason.lower()) or "replay" in reason.lower(), reason
+    await replayer.hang_up()
+
+    # A 1 MB message is refused by the socket layer with "message too big".
+    ws = await raw_stream(base)
+    await ws.send("x" * (1024 * 1024))
+    code, _reason = await closed_with(ws)
+    assert code == 1009
+
+    # An unknown event is ignored; the call goes on.
+    before = live.received_audio
+    await live._send({"event": "brand_new_event", "streamSid": live.stream_sid})
+    await until(lambda: live.received_audio > before or live.played_audio > 0, "more audio")
+    assert live.closed_reason is None and live.call_sid in host.calls
+    await live.hang_up()
+    await until(lambda: live.call_sid not in host.calls, "the live call's end")
+
+
+async def test_dropped_socket_ends_only_that_call_and_full_host_plays_busy(
+    gateway: tuple[str, CallHost],
+) -> None:
+    base, host = gateway
+    callers = [SignedCaller(base) for _ in range(3)]
+    for caller in callers:
+        await caller.dial()
+    await until(lambda: len(host.calls) == 3, "three calls")
+    # The cap is 3: a fourth caller hears the busy tone and the stream closes.
+    busy = SignedCaller(base)
+    await busy.dial()
+    await until(lambda: busy.closed_reason is not None, "the busy close")
+    assert busy.closed_reason == "busy" and busy.received_audio >= 8 * 1000
+    # Drop one socket without a stop message: its call ends, the others go on.
+    await callers[0].close()
+    await until(lambda: callers[0].call_sid not in host.calls, "the dropped call's end")
+    assert {c.call_sid for c in callers[1:]} <= set(host.calls)
+    received = callers[1].received_audio
+    await until(
+        lambda: callers[1].received_audio > received or callers[1].played_audio > 0, "audio"
+    )
+    for caller in callers[1:]:
+        await caller.hang_up()
