@@ -99,6 +99,9 @@ class GatewaySettings:
     twilio_auth_token: Secret = Secret("")  # when set, X-Twilio-Signature is required
     stream_secret: Secret = Secret("")  # signs single-use stream tokens; random when empty
     stream_token_ttl_s: float = 60.0
+    # Call control over Twilio's REST API (hang up, transfer); the base URL is for stand-ins.
+    twilio_account_sid: str = ""
+    twilio_api_base_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,8 @@ def load_gateway_settings(env: Mapping[str, str]) -> GatewaySettings:
         public_url=public,
         twilio_auth_token=Secret(env.get("TWILIO_AUTH_TOKEN", "").strip()),
         stream_secret=Secret(env.get("CALLRAY_STREAM_SECRET", "").strip()),
+        twilio_account_sid=env.get("TWILIO_ACCOUNT_SID", "").strip(),
+        twilio_api_base_url=env.get("TWILIO_API_BASE_URL", "").strip() or None,
     )
 
 

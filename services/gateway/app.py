@@ -20,7 +20,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from services.config import GatewaySettings
-from services.errors import MediaStreamProtocolError
+from services.errors import MediaStreamProtocolError, ProviderError
 from services.gateway.host_link import HostLink, HostPort
 from services.gateway.twilio_bridge import (
     EndStream,
@@ -29,8 +29,9 @@ from services.gateway.twilio_bridge import (
     ToSession,
     TwilioBridge,
 )
+from services.gateway.twilio_rest import TwilioCallControl
 from services.observability import metrics
-from services.runtime.commands import CallerHungUp, CallSpec, Command
+from services.runtime.commands import CallerHungUp, CallSpec, Command, Hangup, Transfer
 from services.runtime.placement import Rejected
 from services.telephony.g711 import ulaw_encode
 from services.telephony.stream_tokens import StreamTokens
@@ -85,6 +86,14 @@ class Gateway:
         self._host_port = host_port
         self._tokens = tokens
         self._links: dict[str, HostLink] = {}
+        self._control: TwilioCallControl | None = None
+        if settings.twilio_account_sid and settings.twilio_auth_token:
+            self._control = TwilioCallControl(
+                settings.twilio_account_sid,
+                settings.twilio_auth_token.value,
+                api_base_url=settings.twilio_api_base_url,
+            )
+        self._control_tasks: set[asyncio.Task[None]] = set()
         self._calls: dict[str, _Call] = {}
         self._warned_unsigned = False
 
@@ -100,6 +109,8 @@ class Gateway:
     async def _cleanup(self, _app: web.Application) -> None:
         for link in self._links.values():
             await link.close()
+        if self._control is not None:
+            await self._control.close()
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "calls": len(self._calls)})
@@ -247,12 +258,32 @@ class Gateway:
         call = self._calls.get(command.call_id)
         if call is None:
             return
+        if self._control is not None and isinstance(command, Hangup | Transfer):
+            task = asyncio.create_task(self._control_call(call, command))
+            self._control_tasks.add(task)
+            task.add_done_callback(self._control_tasks.discard)
+            return
         frames, close_reason = call.bridge.on_command(command)
         for frame in frames:
             call.out.put_nowait(frame)
         if close_reason is not None:
             call.close_reason = close_reason
             call.out.put_nowait(None)
+
+    async def _control_call(self, call: _Call, command: Hangup | Transfer) -> None:
+        """Hang up or transfer through Twilio's REST API, then close the stream."""
+        assert self._control is not None
+        try:
+            if isinstance(command, Transfer):
+                await self._control.transfer(command.call_id, command.target)
+                call.close_reason = "transferred"
+            else:
+                await self._control.hang_up(command.call_id)
+                call.close_reason = command.reason
+        except ProviderError as exc:
+            logger.error("Twilio call control failed: %s", exc)
+            call.close_reason = "call_control_failed"
+        call.out.put_nowait(None)
 
     async def _write(self, call: _Call) -> None:
         # One writer per stream keeps frames in order and a slow caller from stalling others.

@@ -113,6 +113,7 @@ class LocalModelServer:
         self._server.close()
         await self._server.wait_closed()
         self._server = None
+        await self._speech.close()
 
     async def __aenter__(self) -> LocalModelServer:
         await self.start()

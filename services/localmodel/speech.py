@@ -137,6 +137,13 @@ class SpeechSynthesizer:
             future.add_done_callback(lambda done: self._settle(key, done))
         return await asyncio.shield(future)
 
+    async def close(self) -> None:
+        """Let renderings in flight finish (espeak-ng takes ~0.1 s), so no child process is
+        left running when the event loop that started it goes away."""
+        pending = [f for f in self._inflight.values() if not f.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=10.0)
+
     def _settle(self, key: tuple[str, str], future: asyncio.Future[Int16Array]) -> None:
         self._inflight.pop(key, None)
         if not future.cancelled() and future.exception() is None:

@@ -108,12 +108,14 @@ class CallSession(CallControl):
         self._started_at = clock()
         self.ended: str | None = None
         self._ending: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()  # built inside the host's event loop
         self._wire()
 
     # ----- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Connect the model and start the mailbox. Raises if the model cannot be reached."""
+        self._loop = asyncio.get_running_loop()
         begin = self._clock()
         await self.session.connect(api_key=self._model.api_key.value or None, url=self._model_url)
         metrics.model_connected(self._clock() - begin)
@@ -170,17 +172,18 @@ class CallSession(CallControl):
 
     # ----- CallControl (used by in-process tools) -------------------------------------------
 
+    # Tools may call these from a worker thread (sync tools run off the event loop).
+
     def hang_up(self, reason: str = "agent_hangup") -> None:
-        self._after_response(Hangup(self.call_id, reason))
+        self._loop.call_soon_threadsafe(self._after_response, Hangup(self.call_id, reason))
 
     def transfer(self, target: str) -> None:
-        self._after_response(Transfer(self.call_id, target))
+        self._loop.call_soon_threadsafe(self._after_response, Transfer(self.call_id, target))
 
     def _after_response(self, command: Hangup | Transfer) -> None:
         # The tool's result makes the model say goodbye first; act when that response is done.
         self._pending_control = command
-        loop = asyncio.get_running_loop()
-        self._control_timer = loop.call_later(CONTROL_GRACE_S, self._do_control)
+        self._control_timer = self._loop.call_later(CONTROL_GRACE_S, self._do_control)
 
     def _do_control(self) -> None:
         command, self._pending_control = self._pending_control, None

@@ -51,6 +51,22 @@ def busy_twiml(message: str) -> str:
     return _document(response)
 
 
+def dial_twiml(target: str) -> str:
+    """TwiML that connects the caller to ``target``: a phone number, ``sip:`` URI, ``queue:``
+    name or ``client:`` name (what a transfer tool asks for), e.g. ``<Dial>+15550100</Dial>``."""
+    response = ET.Element("Response")
+    dial = ET.SubElement(response, "Dial")
+    if target.startswith("sip:"):
+        ET.SubElement(dial, "Sip").text = target
+    elif target.startswith("queue:"):
+        ET.SubElement(dial, "Queue").text = target.removeprefix("queue:")
+    elif target.startswith("client:"):
+        ET.SubElement(dial, "Client").text = target.removeprefix("client:")
+    else:
+        dial.text = target
+    return _document(response)
+
+
 def _check_stream_url(url: str) -> None:
     parts = urlsplit(url)
     # Twilio itself only connects to wss://; ws:// serves local development and our simulated

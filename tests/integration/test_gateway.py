@@ -4,14 +4,17 @@ webhook checks and every kind of bad media-stream input; other calls never notic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import websockets
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from twilio.request_validator import RequestValidator
 
@@ -69,9 +72,12 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
             await asyncio.sleep(0.02)
 
 
-@pytest.fixture
-async def gateway(wire: WireValidator) -> AsyncIterator[tuple[str, CallHost]]:
-    async with LocalModelServer(LocalModelSettings(port=0, speed=4.0), observer=wire) as model:
+@contextlib.asynccontextmanager
+async def running_gateway(
+    wire: WireValidator, *, scenario: str | None = None, api_base: str | None = None
+) -> AsyncIterator[tuple[str, CallHost]]:
+    settings = LocalModelSettings(port=0, speed=4.0, scenario=scenario)
+    async with LocalModelServer(settings, observer=wire) as model:
         router = RouterCore(cluster_capacity=3, events=ListEventSink())
         host = CallHost(
             "h1",
@@ -87,7 +93,11 @@ async def gateway(wire: WireValidator) -> AsyncIterator[tuple[str, CallHost]]:
         router.register_host("h1", local, host, 3, os.getpid())
         gw = Gateway(
             ingress_id="i1",
-            settings=GatewaySettings(twilio_auth_token=Secret(AUTH_TOKEN)),
+            settings=GatewaySettings(
+                twilio_auth_token=Secret(AUTH_TOKEN),
+                twilio_account_sid="AC" + "0" * 32 if api_base else "",
+                twilio_api_base_url=api_base,
+            ),
             router=router,
             host_port=lambda handle: local,
             tokens=StreamTokens(b"0123456789abcdef0123456789abcdef", 30.0),
@@ -99,6 +109,12 @@ async def gateway(wire: WireValidator) -> AsyncIterator[tuple[str, CallHost]]:
         finally:
             await server.close()
             await host.close_all("test_end")
+
+
+@pytest.fixture
+async def gateway(wire: WireValidator) -> AsyncIterator[tuple[str, CallHost]]:
+    async with running_gateway(wire) as running:
+        yield running
 
 
 def signed(url: str, params: dict[str, str]) -> dict[str, str]:
@@ -234,3 +250,51 @@ async def test_dropped_socket_ends_only_that_call_and_full_host_plays_busy(
     )
     for caller in callers[1:]:
         await caller.hang_up()
+
+
+async def test_transfer_tool_redirects_the_call_through_twilio_rest(
+    wire: WireValidator, tmp_path: Path
+) -> None:
+    """The model calls transfer_to_human; the gateway asks Twilio's REST API (a local stand-in)
+    to <Dial> the queue, then closes the stream."""
+    updates: list[tuple[str, dict[str, str]]] = []
+
+    async def update_call(request: web.Request) -> web.Response:
+        updates.append((request.path, {k: str(v) for k, v in (await request.post()).items()}))
+        return web.json_response({"sid": request.match_info["sid"], "status": "in-progress"})
+
+    stand_in = web.Application()
+    stand_in.router.add_post("/2010-04-01/Accounts/{account}/Calls/{sid}.json", update_call)
+    twilio_api = TestServer(stand_in, host="127.0.0.1")
+    await twilio_api.start_server()
+    scenario = tmp_path / "transfer.json"
+    scenario.write_text(
+        json.dumps(
+            {
+                "steps": [
+                    {
+                        "tool": {
+                            "name": "transfer_to_human",
+                            "arguments": {"department": "billing"},
+                        },
+                        "then": "Transferring you to billing.",
+                    }
+                ]
+            }
+        )
+    )
+    try:
+        async with running_gateway(
+            wire, scenario=str(scenario), api_base=f"http://127.0.0.1:{twilio_api.port}"
+        ) as (base, host):
+            caller = SignedCaller(base)
+            await caller.dial()
+            await until(lambda: caller.closed_reason is not None, "the transfer")
+            assert caller.closed_reason == "transferred"
+            path, form = updates[0]
+            assert path.endswith(f"/Calls/{caller.call_sid}.json")
+            assert "<Dial><Queue>billing</Queue></Dial>" in form["Twiml"]
+            await until(lambda: caller.call_sid not in host.calls, "the session's end")
+            await caller.close()
+    finally:
+        await twilio_api.close()
