@@ -166,15 +166,12 @@ class HostPort:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    async def feed(self, batch: Sequence[tuple[str, bytes]], sent_at: float) -> Any:
+    async def feed(self, batch: Sequence[tuple[str, Any]], sent_at: float) -> Any:
         return await call(self.handle, "feed", list(batch), sent_at)
 
     async def pull_output(self, max_wait_s: float, ingress_id: str) -> list[Any]:
         result: list[Any] = await call(self.handle, "pull_output", max_wait_s, ingress_id)
         return result
-
-    def send(self, call_id: str, message: Any) -> None:
-        fire(self.handle, "send", call_id, message)
 
 
 class RouterPort:

@@ -44,6 +44,9 @@ class IngressActor:
     def ping(self) -> int:
         return self.port
 
+    def pid(self) -> int:
+        return _ray.own_pid()
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()

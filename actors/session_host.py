@@ -76,7 +76,9 @@ class SessionHostActor:
     async def open_call(self, spec: CallSpec) -> float:
         return await self.host.open_call(spec)
 
-    def feed(self, batch: Sequence[tuple[str, bytes]], sent_at: float | None = None) -> int:
+    def feed(
+        self, batch: Sequence[tuple[str, bytes | CallInput]], sent_at: float | None = None
+    ) -> int:
         return self.host.feed(batch, sent_at)
 
     def send(self, call_id: str, message: CallInput) -> bool:

@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole system on embedded defaults")
     up.set_defaults(run=_up_command)
 
+    from services.loadgen.cli import add_loadtest_parser
+
+    add_loadtest_parser(sub)
+
     events = sub.add_parser("events", help="the call-event stream")
     events_sub = events.add_subparsers(dest="events_command", required=True)
     tail = events_sub.add_parser("tail", help="print call events as they happen")

@@ -157,6 +157,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip() or default
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def load_runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
     d = RuntimeSettings()
     redis_url = env.get("REDIS_URL", "").strip() or None
@@ -201,7 +208,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     source = os.environ if env is None else env
     return Settings(
         model=load_model_settings(source),
-        local_model=LocalModelSettings(),
+        local_model=LocalModelSettings(
+            mode=_choice(source, "CALLRAY_MODEL_MODE", "scripted", ("scripted", "echo"))
+        ),
         runtime=load_runtime_settings(source),
         gateway=load_gateway_settings(source),
     )

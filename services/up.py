@@ -69,7 +69,9 @@ def run_up(settings: Settings) -> int:
 
         model = settings.model
         if model.url is None:
-            local = ModelProcess(log=data_dir / "logs" / "model.log")
+            local = ModelProcess(
+                mode=settings.local_model.mode, log=data_dir / "logs" / "model.log"
+            )
             model_url = local.start()
             stack.callback(local.stop)
             lines.append(

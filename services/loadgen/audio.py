@@ -16,7 +16,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from services.errors import AudioFormatError
+from services.errors import AudioFormatError, UserError
 from services.telephony import g711
 
 __all__ = [
@@ -60,7 +60,10 @@ def frame_rms(ulaw: bytes) -> float:
 
 def load_wav_ulaw(path: str | Path) -> bytes:
     """The audio of a WAV file as 8 kHz mono μ-law (μ-law, or 16-bit PCM at any rate)."""
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read the WAV file {path}: {exc.strerror or exc}") from exc
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         raise AudioFormatError(f"{path}: not a RIFF/WAVE file")
     chunks = _riff_chunks(data)

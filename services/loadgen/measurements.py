@@ -5,10 +5,14 @@ Definitions (they are what the report's numbers mean):
 * **Echo latency** of frame *n*: the time its tag (:mod:`.frame_tags`) arrives in model audio minus
   the time frame *n* was sent. Arrival, not playout: playback buffering is reported separately.
 * **Duplicate**: a frame echoed again. **Reordered**: a frame echoed after a later one was.
-* **Flushed** vs **lost**: a ``clear`` lets the ingress drop audio it still held (reference
-  §1.3; STYLE's "what an interruption flushes"), so a frame never echoed counts as *flushed* if
-  it was sent before the last ``clear`` arrived, and as *lost* only otherwise. A frame dropped
-  for another reason before a clear is thus counted as flushed: the two cannot be told apart.
+* **Flushed** vs **lost**: an interruption legitimately drops audio. The ingress flushes what
+  it still held when it sends ``clear`` (reference §1.3), and the session discards the model's
+  audio from the barge-in until the model answers anew (callray against its local model in echo
+  mode: the echoes stop from the caller's first loud frame until the VAD hears silence). So the
+  frames never echoed are grouped into gaps (maximal runs); a gap is *flushed* if a ``clear``
+  arrived between the sending of the last echoed frame before it and the arrival of the first
+  echo after it (or the end of the call), and *lost* otherwise. A frame dropped for another
+  reason inside such a gap is counted as flushed: the two cannot be told apart.
 * **Barge-in clear latency**: first loud speech frame sent → first ``clear`` received after it.
 * **Stale audio**: model audio that reaches the caller after that ``clear`` but belongs to before
   the barge-in, i.e. audio the interruption should have stopped. In echo mode it is exact: bytes
@@ -19,22 +23,26 @@ Definitions (they are what the report's numbers mean):
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import math
 from array import array
+
+import numpy as np
 
 __all__ = ["BargeIn", "CallStats", "EchoLedger"]
 
 
 class EchoLedger:
-    """Send times of tagged frames (index = sequence number) and their echoes."""
+    """Send and echo times of tagged frames (index = sequence number), and when clears came."""
 
     __slots__ = (
+        "_clears",
         "_highest",
-        "_seen",
+        "_received_at",
         "_sent_at",
         "duplicates",
         "echoed",
-        "flush_boundary",
         "latencies_ms",
         "reordered",
         "unknown",
@@ -42,14 +50,14 @@ class EchoLedger:
 
     def __init__(self) -> None:
         self._sent_at = array("d")
-        self._seen = bytearray()
+        self._received_at = array("d")  # NaN until the frame's echo arrives
+        self._clears: list[float] = []  # arrival times, ascending
         self._highest = -1
         self.latencies_ms = array("d")
         self.echoed = 0
         self.duplicates = 0
         self.reordered = 0
         self.unknown = 0  # a tag for a frame never sent: corrupted audio or a false match
-        self.flush_boundary = 0  # frames below this were sent before the last clear arrived
 
     @property
     def sent(self) -> int:
@@ -59,34 +67,47 @@ class EchoLedger:
         if sequence != len(self._sent_at):
             raise ValueError(f"frame {sequence} sent out of order (expected {self.sent})")
         self._sent_at.append(now)
-        self._seen.append(0)
+        self._received_at.append(math.nan)
 
     def on_echo(self, sequence: int, now: float) -> None:
         if sequence >= len(self._sent_at):
             self.unknown += 1
             return
-        if self._seen[sequence]:
+        if not math.isnan(self._received_at[sequence]):
             self.duplicates += 1
             return
-        self._seen[sequence] = 1
+        self._received_at[sequence] = now
         self.echoed += 1
         self.latencies_ms.append((now - self._sent_at[sequence]) * 1000)
         if sequence < self._highest:
             self.reordered += 1
         self._highest = max(self._highest, sequence)
 
-    def on_clear(self) -> None:
-        self.flush_boundary = self.sent
-
-    def outstanding(self) -> int:
-        """Frames not echoed yet that a clear cannot excuse."""
-        return self._seen[self.flush_boundary :].count(0)
-
-    def flushed(self) -> int:
-        return self._seen[: self.flush_boundary].count(0)
+    def on_clear(self, now: float) -> None:
+        self._clears.append(now)
 
     def lost(self) -> int:
-        return self.outstanding()
+        """Frames never echoed in gaps that no clear explains (so far: also frames in flight)."""
+        return sum(end - start for start, end in self._gaps() if not self._interrupted(start, end))
+
+    def flushed(self) -> int:
+        """Frames never echoed in gaps during which a clear arrived."""
+        return sum(end - start for start, end in self._gaps() if self._interrupted(start, end))
+
+    def _gaps(self) -> list[tuple[int, int]]:
+        """Maximal runs ``[start, end)`` of frames not echoed."""
+        missing = np.isnan(np.frombuffer(self._received_at, dtype=np.float64)).astype(np.int8)
+        edges = np.diff(np.concatenate(([0], missing, [0])))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+    def _interrupted(self, start: int, end: int) -> bool:
+        # From when the frame before the gap was sent until the echoes resumed (the end of the
+        # call if they never did).
+        since = self._sent_at[start - 1] if start > 0 else -math.inf
+        until = self._received_at[end] if end < self.sent else math.inf
+        index = bisect.bisect_left(self._clears, since)
+        return index < len(self._clears) and self._clears[index] <= until
 
 
 @dataclasses.dataclass

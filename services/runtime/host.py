@@ -146,24 +146,31 @@ class CallHost:
 
     # ----- media and control in ------------------------------------------------------------------
 
-    def feed(self, batch: Sequence[tuple[str, bytes]], sent_at: float | None = None) -> int:
-        """Deliver a batch of caller audio; returns frames for calls no longer here.
+    def feed(
+        self, batch: Sequence[tuple[str, bytes | CallInput]], sent_at: float | None = None
+    ) -> int:
+        """Deliver a batch of caller audio and control inputs (in order); returns how many were
+        for calls no longer here.
 
         ``sent_at`` is the ingress's ``time.time()`` when it sent the batch: the hop's delay is
         measured on the same machine's wall clock (across machines it includes clock skew).
         """
         if sent_at is not None:
             metrics.media_hop("in", max(0.0, time.time() - sent_at))
-        unknown = 0
+        unknown = frames = 0
         for call_id, data in batch:
             call = self.calls.get(call_id)
             if call is None:
                 unknown += 1
                 continue
-            call.push_media(data)
-        self._frames_in += len(batch) - unknown
+            if isinstance(data, bytes):
+                frames += 1
+                call.push_media(data)
+            else:
+                call.push(data)
+        self._frames_in += frames
         self._unknown_frames += unknown
-        metrics.media_frames("in", len(batch) - unknown)
+        metrics.media_frames("in", frames)
         return unknown
 
     def send(self, call_id: str, message: CallInput) -> bool:
@@ -178,9 +185,12 @@ class CallHost:
 
     # ----- commands out --------------------------------------------------------------------------
 
-    async def pull_output(self, max_wait_s: float = 0.02, ingress_id: str = "") -> list[Command]:
+    async def pull_output(
+        self, max_wait_s: float = 0.02, ingress_id: str = "", coalesce_s: float = 0.004
+    ) -> list[Command]:
         """Every command for ``ingress_id``'s calls since its last pull; waits up to
-        ``max_wait_s`` for the first one."""
+        ``max_wait_s`` for the first one, then ``coalesce_s`` for others to join it (each pull
+        is an actor call: batching bounds their rate under load)."""
         queue = self._outputs.setdefault(ingress_id, deque())
         ready = self._ready.setdefault(ingress_id, asyncio.Event())
         if not queue:
@@ -190,6 +200,8 @@ class CallHost:
                     await ready.wait()
             except TimeoutError:
                 return []
+            if coalesce_s > 0:
+                await asyncio.sleep(coalesce_s)
         out = list(queue)
         queue.clear()
         return out

@@ -1,0 +1,266 @@
+"""One simulated Twilio caller's media stream, sans-I/O: feed messages and ``now``, get messages.
+
+:class:`TwilioCaller` behaves toward the ingress as Twilio does on a bidirectional stream
+(reference/telephony.md §1): ``connected`` and ``start`` first, then one 20 ms ``media`` message
+per tick (160 bytes of μ-law; ``chunk`` from 1, ``timestamp`` in ms since the start, both on the
+20 ms grid), ``stop`` last; received audio plays in real time through a
+:class:`~services.loadgen.playback.TwilioPlaybackBuffer`, which decides when marks are echoed.
+
+The script of a call: the caller speaks first (``opening_ms`` of its voice, if any), then
+listens (silence), and, if a barge-in is planned, speaks up again for ``barge_in_ms`` as soon
+as model audio plays after ``barge_in_after_s``. After ``duration_s`` it stops sending and
+drains: it keeps playing and answering until every frame is echoed (or excused by a clear) and
+playback is idle, or ``drain_s`` has passed; then it sends ``stop``.
+
+The driver calls :meth:`TwilioCaller.tick` at :attr:`TwilioCaller.next_tick_at` (late is fine:
+due ticks are caught up, each frame keeping its grid timestamp, and the lateness is recorded as
+the load generator's own overload) and :meth:`TwilioCaller.receive` for every message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping
+
+from services.loadgen.audio import FRAME_BYTES, FRAME_MS, SILENCE
+from services.loadgen.frame_tags import TAG_BYTES, TagScanner, tag_frame
+from services.loadgen.measurements import BargeIn, CallStats, EchoLedger
+from services.loadgen.playback import TwilioPlaybackBuffer
+from services.loadgen.wire import (
+    ClearPlayback,
+    PlayMark,
+    PlayMedia,
+    StreamIdentity,
+    TwilioCallerCodec,
+)
+
+__all__ = ["CallerPhase", "CallerScript", "TwilioCaller"]
+
+_FRAME_S = FRAME_MS / 1000
+_SILENT_FRAME = bytes([SILENCE]) * FRAME_BYTES
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallerScript:
+    """What one caller does; ``speech`` is its voice as 8 kHz μ-law (looped as needed)."""
+
+    duration_s: float
+    speech: bytes
+    opening_ms: int = 0
+    barge_in_after_s: float | None = None
+    barge_in_ms: int = 600
+    echo: bool = True
+    drain_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.duration_s > 0 or self.drain_s < 0:
+            raise ValueError("duration_s must be positive and drain_s not negative")
+        if len(self.speech) < FRAME_BYTES:
+            raise ValueError(f"speech must hold at least one {FRAME_MS} ms frame")
+
+    @property
+    def frames(self) -> int:
+        return math.ceil(self.duration_s / _FRAME_S - 1e-9)
+
+
+class CallerPhase(enum.Enum):
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    DRAINING = "draining"
+    ENDED = "ended"
+
+
+class TwilioCaller:
+    def __init__(
+        self, identity: StreamIdentity, script: CallerScript, parameters: Mapping[str, str]
+    ) -> None:
+        self.script = script
+        self.codec = TwilioCallerCodec(identity)
+        self.playback = TwilioPlaybackBuffer()
+        self.stats = CallStats(echo=EchoLedger() if script.echo else None)
+        if script.barge_in_after_s is not None:
+            self.stats.barge_in = BargeIn(after_s=script.barge_in_after_s)
+        self.phase = CallerPhase.CONNECTING
+        self.ended_by: str | None = None  # "caller" after our stop, "ingress" if it hung up
+        self._parameters = dict(parameters)
+        self._scanner = TagScanner()
+        self._attributed: int | None = None  # the frame whose echo the next byte belongs to
+        self._started_at = 0.0
+        self._tick = 0  # index of the next tick on the 20 ms grid
+        self._drain_until = math.inf
+        self._speech_at = 0  # read position in script.speech
+        self._speech_frames_left = 0
+
+    # --- driver interface --------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.phase is CallerPhase.ENDED
+
+    @property
+    def next_tick_at(self) -> float:
+        return self._started_at + self._tick * _FRAME_S
+
+    def open(self, now: float) -> list[str]:
+        """The WebSocket is open: Twilio's first two messages; the tick grid starts at ``now``."""
+        if self.phase is not CallerPhase.CONNECTING:
+            raise RuntimeError(f"open() while {self.phase.value}")
+        self.phase = CallerPhase.STREAMING
+        self._started_at = now
+        return [self.codec.connected(), self.codec.start(self._parameters)]
+
+    def tick(self, now: float) -> list[str]:
+        """Everything due by ``now``: media frames, mark echoes, and ``stop`` at the end."""
+        out: list[str] = []
+        while not self.done and self.phase is not CallerPhase.CONNECTING:
+            grid = self.next_tick_at
+            if grid > now:
+                break
+            self.stats.max_tick_lag_ms = max(self.stats.max_tick_lag_ms, (now - grid) * 1000)
+            out.extend(self._echo_marks(self.playback.tick()))
+            if self.phase is CallerPhase.STREAMING:
+                if self._tick < self.script.frames:
+                    out.append(self._media_frame(self._tick, now))
+                else:
+                    self._stop_sending(grid, now)
+            if self.phase is CallerPhase.DRAINING and self._drained(grid):
+                out.append(self.codec.stop())
+                self.phase = CallerPhase.ENDED
+                self.ended_by = "caller"
+            self._tick += 1
+        return out
+
+    def receive(self, message: str | bytes, now: float) -> list[str]:
+        """One message from the ingress; returns what Twilio answers at once (mark echoes).
+
+        Raises :class:`~services.errors.MediaStreamProtocolError` for a malformed message.
+        """
+        if self.phase in (CallerPhase.CONNECTING, CallerPhase.ENDED):
+            return []
+        event = self.codec.parse(message)
+        if isinstance(event, PlayMedia):
+            self._on_audio(event.payload, now)
+            return []
+        if isinstance(event, PlayMark):
+            self.stats.marks_received += 1
+            return self._echo_marks(self.playback.add_mark(event.name))
+        if isinstance(event, ClearPlayback):
+            return self._on_clear(now)
+        self.stats.unknown_messages += 1
+        return []
+
+    def peer_closed(self) -> None:
+        """The ingress closed the WebSocket (it hung up) before our ``stop``."""
+        if not self.done:
+            self.phase = CallerPhase.ENDED
+            self.ended_by = "ingress"
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def _stop_sending(self, grid: float, now: float) -> None:
+        self.phase = CallerPhase.DRAINING
+        self._drain_until = grid + self.script.drain_s
+        barge = self.stats.barge_in
+        if barge is not None and barge.started_at is not None and barge.ended_at is None:
+            barge.ended_at = now  # the call's end cut the burst short
+
+    def _media_frame(self, index: int, now: float) -> str:
+        frame = self._speech_frame() if self._speaking(index, now) else _SILENT_FRAME
+        if self.stats.echo is not None:
+            frame = tag_frame(frame, index)
+            self.stats.echo.on_sent(index, now)
+        self.stats.frames_sent += 1
+        return self.codec.media(chunk=index + 1, timestamp_ms=index * FRAME_MS, payload=frame)
+
+    def _speaking(self, index: int, now: float) -> bool:
+        if index * FRAME_MS < self.script.opening_ms:
+            return True
+        barge = self.stats.barge_in
+        if barge is not None and barge.started_at is None:
+            elapsed = index * _FRAME_S
+            # Only speech over model audio is an interruption; until the model talks, wait.
+            if elapsed >= barge.after_s and self.playback.is_playing:
+                barge.started_at = now
+                barge.first_sequence = index
+                self._speech_frames_left = max(1, self.script.barge_in_ms // FRAME_MS)
+                self._speech_at = 0  # say the utterance again from its start
+        if self._speech_frames_left == 0:
+            return False
+        self._speech_frames_left -= 1
+        if self._speech_frames_left == 0 and barge is not None:
+            barge.ended_at = now
+        return True
+
+    def _speech_frame(self) -> bytes:
+        speech = self.script.speech
+        if self._speech_at + FRAME_BYTES > len(speech):
+            self._speech_at = 0
+        frame = speech[self._speech_at : self._speech_at + FRAME_BYTES]
+        self._speech_at += FRAME_BYTES
+        self.stats.speech_frames_sent += 1
+        return frame
+
+    def _echo_marks(self, names: list[str]) -> list[str]:
+        self.stats.marks_echoed += len(names)
+        return [self.codec.mark(name) for name in names]
+
+    def _drained(self, grid: float) -> bool:
+        if grid >= self._drain_until:
+            return True
+        echo = self.stats.echo
+        if echo is not None and echo.lost():
+            return False
+        return self.playback.pending_bytes == 0 and self.playback.pending_marks == 0
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    def _on_audio(self, payload: bytes, now: float) -> None:
+        stats = self.stats
+        stats.media_received += 1
+        stats.audio_bytes_received += len(payload)
+        if stats.first_audio_at is None:
+            stats.first_audio_at = now
+        self.playback.add_audio(len(payload))
+        if stats.echo is None:
+            self._count_stale_untagged(len(payload), now)
+            return
+        position = 0
+        for end, sequence in self._scanner.feed(payload):
+            start = max(position, end - TAG_BYTES)  # the tag's own bytes belong to its frame
+            self._attribute(start - position)
+            position = start
+            self._attributed = sequence
+            stats.echo.on_echo(sequence, now)
+        self._attribute(len(payload) - position)
+
+    def _count_stale_untagged(self, nbytes: int, now: float) -> None:
+        """Without tags: audio between the barge-in's clear and the end of the caller's burst."""
+        barge = self.stats.barge_in
+        if barge is None or barge.cleared_at is None:
+            return
+        if barge.ended_at is None or now <= barge.ended_at:
+            barge.stale_bytes += nbytes
+
+    def _attribute(self, nbytes: int) -> None:
+        """``nbytes`` of received audio carry the echo of frame ``self._attributed``."""
+        barge = self.stats.barge_in
+        if (
+            nbytes > 0
+            and barge is not None
+            and barge.cleared_at is not None
+            and barge.first_sequence is not None
+            and self._attributed is not None
+            and self._attributed < barge.first_sequence
+        ):
+            barge.stale_bytes += nbytes
+
+    def _on_clear(self, now: float) -> list[str]:
+        self.stats.clears_received += 1
+        if self.stats.echo is not None:
+            self.stats.echo.on_clear(now)
+        barge = self.stats.barge_in
+        if barge is not None and barge.started_at is not None and barge.cleared_at is None:
+            barge.cleared_at = now
+        return self._echo_marks(self.playback.clear())
