@@ -82,4 +82,5 @@ DEMO_AGENT = RealtimeAgent(
     ),
     voice="marin",
     tools=[lookup_order, book_callback, hang_up, transfer_to_human],
+    dtmf_to_model=True,
 )

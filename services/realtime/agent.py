@@ -25,6 +25,8 @@ class RealtimeAgent:
     handoffs: Sequence[RealtimeAgent | Handoff] = ()
     output_guardrails: Sequence[OutputGuardrail] = ()
     handoff_description: str | None = None
+    # Phone calls: also tell the model about keypad presses (they always reach call events).
+    dtmf_to_model: bool = False
 
     def resolve_instructions(self, context: Any = None) -> str:
         if callable(self.instructions):

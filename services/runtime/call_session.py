@@ -160,7 +160,8 @@ class CallSession(CallControl):
                     self.tracker.on_play_ms(message.item_id, message.content_index, message.ms)
                 elif isinstance(message, Dtmf):
                     self._events.emit("dtmf", self.call_id, digit=message.digit)
-                    self.session.send_message(f"The caller pressed the key {message.digit}.")
+                    if self.session.current_agent.dtmf_to_model:
+                        self.session.send_message(f"The caller pressed the key {message.digit}.")
                 elif isinstance(message, CallerHungUp):
                     await self.end(message.reason)
                     return

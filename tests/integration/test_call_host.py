@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -152,3 +153,40 @@ async def test_hang_up_tool_ends_the_call_after_goodbye(
     # The goodbye was sent before the hang-up command.
     assert any(isinstance(c, PlayAudio) for c in out[: out.index(hangup)])
     assert out[-1] == CallEnded("c1", "agent_hangup")
+
+
+@pytest.mark.parametrize("to_model", [True, False])
+async def test_dtmf_is_a_call_event_and_reaches_the_model_only_when_the_agent_asks(
+    model: LocalModelServer, wire: WireValidator, to_model: bool
+) -> None:
+    from services.agents.registry import AgentRegistry
+    from services.realtime.agent import RealtimeAgent
+    from services.runtime.commands import Dtmf
+
+    events = ListEventSink()
+    agent = RealtimeAgent(name="Keys", dtmf_to_model=to_model)
+    host = CallHost(
+        "h1",
+        model=MODEL,
+        model_url=model.url,
+        agents=AgentRegistry({"Keys": agent}, "Keys"),
+        tool_runner=InProcessToolRunner(),
+        events=events,
+    )
+    await host.open_call(CallSpec("c1", greet=False))
+    assert host.send("c1", Dtmf("7"))
+
+    def told() -> bool:
+        return any(
+            e["type"] == "conversation.item.create"
+            and "pressed the key 7" in json.dumps(e.get("item"))
+            for e in wire.client_log
+        )
+
+    async with asyncio.timeout(10 * TIMEOUT_FACTOR):
+        while "dtmf" not in events.kinds("c1") or (to_model and not told()):
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    assert told() is to_model
+    assert ("dtmf", "c1", {"digit": "7"}) in events.events
+    await host.close_all("test_end")

@@ -237,3 +237,29 @@ def test_output_format_from_session_sets_audio_duration() -> None:
     t.interrupt()
     truncate = next(e for e in t.take() if e["type"] == "conversation.item.truncate")
     assert truncate["audio_end_ms"] == 100
+
+
+def test_items_queued_behind_the_heard_one_are_truncated_at_zero() -> None:
+    tracker = PlaybackTracker(bytes_per_ms=8)
+    t = barge_in_setup(interrupt_response=True, tracker=tracker)  # item_a: 500 ms received
+    t.feed(audio_delta("item_b", MS_100_PCMU))  # queued at the listener behind item_a
+    tracker.on_play_ms("item_a", 0, 120)
+    t.feed(speech_started())
+    truncates = [(e["item_id"], e["audio_end_ms"]) for e in t.take()]
+    assert truncates == [("item_a", 120), ("item_b", 0)]
+
+
+def test_nothing_reported_heard_yet_truncates_what_was_received_at_zero() -> None:
+    t = barge_in_setup(interrupt_response=True, tracker=PlaybackTracker(bytes_per_ms=8))
+    t.feed(speech_started())
+    assert [(e["item_id"], e["audio_end_ms"]) for e in t.take()] == [("item_a", 0)]
+
+
+def test_a_fully_heard_item_with_another_queued_truncates_only_the_queued_one() -> None:
+    tracker = PlaybackTracker(bytes_per_ms=8)
+    t = barge_in_setup(interrupt_response=True, tracker=tracker)
+    t.feed(audio_delta("item_b", MS_100_PCMU))
+    t.feed(response_done())
+    tracker.on_play_ms("item_a", 0, 500)
+    t.feed(speech_started())
+    assert [(e["item_id"], e["audio_end_ms"]) for e in t.take()] == [("item_b", 0)]

@@ -228,11 +228,10 @@ class OpenAIRealtimeBase(EventEmitter):
         """Stop playback now: cancel the response and truncate what was not heard."""
         if cancel_response:
             self.cancel_response()
-        truncate = self._playback_truncation()
+        truncations = self._playback_truncations()
         self._reset_playback()
         self.emit("audio_interrupted")
-        if truncate is not None:
-            item_id, content_index, audio_end_ms = truncate
+        for item_id, content_index, audio_end_ms in truncations:
             self.send_event(
                 {
                     "type": "conversation.item.truncate",
@@ -242,21 +241,36 @@ class OpenAIRealtimeBase(EventEmitter):
                 }
             )
 
-    def _playback_truncation(self) -> tuple[str, int, int] | None:
+    def _playback_truncations(self) -> list[tuple[str, int, int]]:
+        """The item being heard, cut at the played point, and every item received after it,
+        still queued for the listener, cut at 0 (as the Agents JS Twilio transport does)."""
+        items = list(self._received_ms.items())
         state = self._playback.state()
-        if state is None:
-            return None
-        received = self._received_ms.get((state.item_id, state.content_index), 0.0)
-        if received <= 0:
-            return None
-        if state.played_ms >= received and not self._response_active:
-            return None  # everything received was heard and nothing more is coming
-        # Never more than was received: the server rejects a truncate past the item's end.
-        return (
-            state.item_id,
-            state.content_index,
-            max(0, math.floor(min(state.played_ms, received))),
+        position = next(
+            (
+                n
+                for n, (key, _) in enumerate(items)
+                if state and key == (state.item_id, state.content_index)
+            ),
+            None,
         )
+        out: list[tuple[str, int, int]] = []
+        if state is not None and position is not None:
+            received = items[position][1]
+            later = items[position + 1 :]
+            # All of it was heard if nothing more can come for it: the response ended, or the
+            # model already moved on to later items.
+            heard_all = state.played_ms >= received and (not self._response_active or bool(later))
+            if received > 0 and not heard_all:
+                # Never more than was received: the server rejects a truncate past the end.
+                played = max(0, math.floor(min(state.played_ms, received)))
+                out.append((state.item_id, state.content_index, played))
+        elif isinstance(self._playback, WallClockPlayback):
+            later = []  # the wall clock always tracks the newest item: nothing queued behind it
+        else:
+            later = items  # nothing reported heard yet: everything received is still queued
+        out.extend((item, index, 0) for (item, index), ms in later if ms > 0)
+        return out
 
     def _reset_playback(self) -> None:
         self._playback.reset()
@@ -335,7 +349,7 @@ class OpenAIRealtimeBase(EventEmitter):
         return bool(detection.get("interrupt_response", False))
 
     def _on_speech_started(self, event: se.SpeechStarted) -> None:
-        playing = self._playback_truncation() is not None
+        playing = bool(self._playback_truncations())
         if playing or (self._response_active and self._current_audio is not None):
             self.interrupt(cancel_response=not self._server_cancels_on_speech())
 
