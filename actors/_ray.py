@@ -182,3 +182,8 @@ class RouterPort:
 
     async def open_call(self, spec: Any) -> Any:
         return await call(self.handle, "open_call", spec)
+
+
+def node_ip() -> str:
+    """This node's address as Ray sees it (127.0.0.1 in a loopback-only namespace)."""
+    return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]

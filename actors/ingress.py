@@ -11,6 +11,7 @@ from aiohttp import web
 from actors import _ray
 from services.config import GatewaySettings
 from services.gateway.app import Gateway
+from services.gateway.channel_port import ChannelHostPort
 from services.telephony.stream_tokens import StreamTokens
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,9 @@ class IngressActor:
             ingress_id=ingress_id,
             settings=settings,
             router=_ray.RouterPort(_ray.get_router()),
-            host_port=_ray.HostPort,
+            host_port=lambda handle: ChannelHostPort(
+                lambda: _ray.call(handle, "channel_url"), ingress_id=ingress_id
+            ),
             tokens=StreamTokens(secret, settings.stream_token_ttl_s),
         )
         self._settings = settings

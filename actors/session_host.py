@@ -17,6 +17,7 @@ from services.config import ModelSettings
 from services.runtime.commands import CallInput, CallSpec, Command
 from services.runtime.events import BufferedEventSink
 from services.runtime.host import CallHost, HostStats
+from services.runtime.media_channel import MediaChannelServer
 from services.toolbus.call_events import CallEventLog
 from services.toolbus.redis_client import connect as connect_redis
 from services.toolbus.runner import RedisToolRunner
@@ -54,11 +55,14 @@ class SessionHostActor:
             capacity=capacity,
             on_call_end=self._call_ended,
         )
+        # Media to and from ingresses streams over this socket, not actor calls.
+        self._channel = MediaChannelServer(self.host, bind=_ray.node_ip())
 
     async def start(self, register: bool = True) -> int:
         """Start the tool-result reader and event writer, then join the router."""
         await self._runner.start()
         self._events.start()
+        await self._channel.start()
         if register:
             self._router = _ray.RouterClient(_ray.get_router())
             await self._router.register_host(
@@ -72,6 +76,9 @@ class SessionHostActor:
 
     def ping(self) -> int:
         return len(self.host.calls)
+
+    def channel_url(self) -> str:
+        return self._channel.url
 
     async def open_call(self, spec: CallSpec) -> float:
         return await self.host.open_call(spec)
@@ -99,6 +106,7 @@ class SessionHostActor:
     async def shutdown(self) -> None:
         """End every call here and flush events (a drained host has none left)."""
         await self.host.close_all("host_shutdown")
+        await self._channel.stop()
         await self._events.close()
         await self._runner.stop()
         await self._redis.aclose()

@@ -41,7 +41,7 @@ class HostLink:
         ingress_id: str,
         dispatch: Callable[[Command], None],
         poll_s: float = 0.05,
-        min_interval_s: float = 0.005,
+        min_interval_s: float = 0.002,
     ) -> None:
         self._port = port
         self._ingress_id = ingress_id

@@ -1,0 +1,60 @@
+"""The ingress's end of a host's media channel (:mod:`services.runtime.media_channel`), as the
+:class:`~services.gateway.host_link.HostPort` that :class:`HostLink` drives."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+
+from services.errors import TransportError
+from services.runtime.commands import CallInput, Command
+from services.runtime.media_channel import decode_commands, encode_inputs
+
+
+class ChannelHostPort:
+    def __init__(self, channel_url: Callable[[], Awaitable[str]], *, ingress_id: str) -> None:
+        self._channel_url = channel_url
+        self._ingress_id = ingress_id
+        self._ws: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _socket(self) -> Any:
+        async with self._lock:
+            if self._ws is None:
+                from websockets.asyncio.client import connect
+
+                try:
+                    url = await self._channel_url()
+                    ws = await connect(url, max_size=16 * 2**20, compression=None)
+                    await ws.send(msgpack.packb(["hello", self._ingress_id], use_bin_type=True))
+                except Exception as exc:
+                    raise TransportError(f"media channel unavailable: {exc}") from exc
+                self._ws = ws
+            return self._ws
+
+    async def feed(self, batch: Sequence[tuple[str, bytes | CallInput]], sent_at: float) -> None:
+        ws = await self._socket()
+        try:
+            await ws.send(encode_inputs(sent_at, batch))
+        except Exception as exc:
+            self._ws = None
+            raise TransportError(f"media channel lost: {exc}") from exc
+
+    async def pull_output(self, max_wait_s: float, ingress_id: str) -> list[Command]:
+        ws = await self._socket()
+        try:
+            async with asyncio.timeout(max_wait_s):
+                message = await ws.recv()
+        except TimeoutError:
+            return []
+        except Exception as exc:
+            self._ws = None
+            raise TransportError(f"media channel lost: {exc}") from exc
+        return decode_commands(message)
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
