@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--loads", default="25,50,100,200")
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--barge-in-rate", type=float, default=0.2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -74,9 +75,16 @@ def main() -> None:
             psutil.Process(p)
             for p in _ray.wait_all([_ray.submit(i, "pid") for i in cluster.ingresses], 30)
         ]
+        others = {
+            "load generator (this process)": [psutil.Process()],
+            "local model server": [psutil.Process(model.pid)] if model.pid else [],
+            "redis-server": [psutil.Process(redis.pid)] if redis.pid else [],
+        }
         for load in [int(x) for x in args.loads.split(",")]:
             time.sleep(2.0)
             cpu0, rss0 = _cpu_s(own), _rss(own)
+            others0 = {name: _cpu_s(procs) for name, procs in others.items()}
+            wall0 = time.monotonic()
             options = LoadOptions(
                 base_url=f"http://127.0.0.1:{port}",
                 calls=load,
@@ -97,6 +105,11 @@ def main() -> None:
 
             report = asyncio.run(run()).to_dict()
             cpu = _cpu_s(own) - cpu0
+            wall = time.monotonic() - wall0
+            # Where the two cores went: callray's own processes vs what shares the box with it.
+            cores = {"callray (ingress + session host)": round(cpu / wall, 3)}
+            for name, procs in others.items():
+                cores[name] = round((_cpu_s(procs) - others0[name]) / wall, 3)
             call_minutes = load * args.duration / 60.0
             run_result = {
                 "calls": load,
@@ -109,6 +122,7 @@ def main() -> None:
                 "loadgen_max_tick_lag_ms": report["loadgen"]["max_tick_lag_ms"],
                 "cpu_s_per_call_minute": round(cpu / call_minutes, 4),
                 "rss_growth_per_call_mb": round((peak_rss - rss0) / load / 2**20, 3),
+                "cores_used": cores,
             }
             result["runs"].append(run_result)
             print(json.dumps({k: v for k, v in run_result.items() if k != "setup_ms"}), flush=True)
@@ -124,7 +138,7 @@ def main() -> None:
         "cpu_s_per_call_minute": 0.6,
         "rss_per_call_mb": 2,
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
