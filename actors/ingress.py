@@ -26,7 +26,7 @@ class IngressActor:
             settings=settings,
             router=_ray.RouterPort(_ray.get_router()),
             host_port=lambda handle: ChannelHostPort(
-                lambda: _ray.call(handle, "channel_url"), ingress_id=ingress_id
+                lambda: _ray.call(handle, "channel"), ingress_id=ingress_id
             ),
             tokens=StreamTokens(secret, settings.stream_token_ttl_s),
         )

@@ -77,8 +77,9 @@ class SessionHostActor:
     def ping(self) -> int:
         return len(self.host.calls)
 
-    def channel_url(self) -> str:
-        return self._channel.url
+    def channel(self) -> tuple[str, str]:
+        """URL and key of this host's media channel (handed out only over Ray)."""
+        return self._channel.url, self._channel.key
 
     async def open_call(self, spec: CallSpec) -> float:
         return await self.host.open_call(spec)

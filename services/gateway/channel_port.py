@@ -15,8 +15,10 @@ from services.runtime.media_channel import decode_commands, encode_inputs
 
 
 class ChannelHostPort:
-    def __init__(self, channel_url: Callable[[], Awaitable[str]], *, ingress_id: str) -> None:
-        self._channel_url = channel_url
+    def __init__(
+        self, channel: Callable[[], Awaitable[tuple[str, str]]], *, ingress_id: str
+    ) -> None:
+        self._channel = channel  # returns (url, key) of the host's media channel
         self._ingress_id = ingress_id
         self._ws: Any = None
         self._lock = asyncio.Lock()
@@ -27,9 +29,10 @@ class ChannelHostPort:
                 from websockets.asyncio.client import connect
 
                 try:
-                    url = await self._channel_url()
+                    url, key = await self._channel()
                     ws = await connect(url, max_size=16 * 2**20, compression=None)
-                    await ws.send(msgpack.packb(["hello", self._ingress_id], use_bin_type=True))
+                    hello = ["hello", self._ingress_id, key]
+                    await ws.send(msgpack.packb(hello, use_bin_type=True))
                 except Exception as exc:
                     raise TransportError(f"media channel unavailable: {exc}") from exc
                 self._ws = ws

@@ -5,9 +5,11 @@ the media hop the largest cost of a call. Over this channel a batch of frames is
 message: a few microseconds to encode, no scheduler in the way. Messages are msgpack arrays
 (never pickle: a socket must not be a way to run code in the host).
 
-Ingress → host: ``["hello", ingress_id]`` once, then batches ``[sent_at, [item, ...]]`` where an
-item is ``["m", call_id, audio]``, ``["p", call_id, item_id, content_index, ms]`` (played),
-``["d", call_id, digit]`` or ``["h", call_id, reason]`` (caller hung up).
+Ingress → host: ``["hello", ingress_id, key]`` once (``key`` is a random secret the host hands
+out only through Ray, so only members of the cluster can attach to a host's calls), then
+batches ``[sent_at, [item, ...]]`` where an item is ``["m", call_id, audio]``,
+``["p", call_id, item_id, content_index, ms]`` (played), ``["d", call_id, digit]`` or
+``["h", call_id, reason]`` (caller hung up).
 Host → ingress: lists of commands ``["a", call_id, audio, item_id, content_index]``,
 ``["e", call_id, item_id, content_index]``, ``["c", call_id]``, ``["H", call_id, reason]``,
 ``["T", call_id, target]``, ``["E", call_id, reason]``.
@@ -121,8 +123,11 @@ class MediaChannelServer:
     """The host's end: one WebSocket server; each ingress connects once and streams."""
 
     def __init__(self, host: Any, *, bind: str = "127.0.0.1") -> None:
+        import secrets
+
         self._host = host  # a CallHost (typed loosely to keep this module free of the host's)
         self._bind = bind
+        self.key = secrets.token_hex(16)
         self._server: Any = None
         self.url = ""
 
@@ -142,9 +147,16 @@ class MediaChannelServer:
         from websockets.exceptions import ConnectionClosed
 
         try:
+            import hmac
+
             hello = msgpack.unpackb(await ws.recv(), raw=False)
-            if not (isinstance(hello, list) and len(hello) == 2 and hello[0] == "hello"):
-                await ws.close(1008, "expected hello")
+            if not (
+                isinstance(hello, list)
+                and len(hello) == 3
+                and hello[0] == "hello"
+                and hmac.compare_digest(str(hello[2]), self.key)
+            ):
+                await ws.close(1008, "expected hello with the channel key")
                 return
             ingress_id = str(hello[1])
         except (ConnectionClosed, ValueError, msgpack.ExtraData, msgpack.FormatError):

@@ -65,3 +65,29 @@ def test_malformed_messages_are_protocol_errors(message: bytes) -> None:
         decode_inputs(message)
     with pytest.raises(ProtocolError):
         decode_commands(message)
+
+
+async def test_channel_refuses_a_peer_without_the_key() -> None:
+    import msgpack
+    import websockets
+
+    from services.runtime.media_channel import MediaChannelServer
+
+    class NoHost:
+        async def pull_output(self, *_: object, **__: object) -> list[object]:
+            return []
+
+        def feed(self, *_: object) -> int:
+            raise AssertionError("a peer without the key must not reach the host")
+
+    server = MediaChannelServer(NoHost())
+    url = await server.start()
+    try:
+        async with websockets.connect(url) as ws:
+            await ws.send(msgpack.packb(["hello", "intruder", "wrong-key"]))
+            await ws.send(encode_inputs(0.0, [("c1", b"\xff" * 160)]))
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await ws.recv()
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1008
+    finally:
+        await server.stop()
