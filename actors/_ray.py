@@ -160,20 +160,6 @@ def current_actor() -> Any:
     return ray.get_runtime_context().current_actor
 
 
-class HostPort:
-    """An ingress's view of one session host (see services.gateway.host_link)."""
-
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-
-    async def feed(self, batch: Sequence[tuple[str, Any]], sent_at: float) -> Any:
-        return await call(self.handle, "feed", list(batch), sent_at)
-
-    async def pull_output(self, max_wait_s: float, ingress_id: str) -> list[Any]:
-        result: list[Any] = await call(self.handle, "pull_output", max_wait_s, ingress_id)
-        return result
-
-
 class RouterPort:
     """An ingress's view of the router."""
 

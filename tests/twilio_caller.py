@@ -10,6 +10,7 @@ import json
 import uuid
 import xml.etree.ElementTree as ET
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -17,8 +18,13 @@ import websockets
 
 
 class TwilioCaller:
-    def __init__(self, base_url: str) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        sign: Callable[[str, dict[str, str]], dict[str, str]] | None = None,
+    ) -> None:
         self.base_url = base_url
+        self._sign = sign  # (url, form) -> extra headers, e.g. X-Twilio-Signature
         self.call_sid = "CA" + uuid.uuid4().hex
         self.stream_sid = "MZ" + uuid.uuid4().hex
         self.received_audio = 0  # bytes of model audio received
@@ -41,8 +47,10 @@ class TwilioCaller:
             "To": "+15550199",
             **form,
         }
+        url = f"{self.base_url}/twilio/voice"
+        headers = self._sign(url, data) if self._sign else {}
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.base_url}/twilio/voice", data=data) as response:
+            async with http.post(url, data=data, headers=headers) as response:
                 assert response.status == 200, await response.text()
                 twiml = await response.text()
         stream = ET.fromstring(twiml).find("./Connect/Stream")

@@ -124,18 +124,10 @@ def signed(url: str, params: dict[str, str]) -> dict[str, str]:
 
 
 class SignedCaller(TwilioCaller):
-    async def dial(self, **form: str) -> str:
-        original = aiohttp.ClientSession.post
-        url = f"{self.base_url}/twilio/voice"
+    """A caller whose webhook requests carry a valid X-Twilio-Signature."""
 
-        def post(session: Any, target: str, *, data: dict[str, str], **kw: Any) -> Any:
-            return original(session, target, data=data, headers=signed(url, data), **kw)
-
-        aiohttp.ClientSession.post = post  # type: ignore[method-assign,assignment]
-        try:
-            return await super().dial(**form)
-        finally:
-            aiohttp.ClientSession.post = original  # type: ignore[method-assign]
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url, sign=signed)
 
 
 async def test_forged_or_missing_signature_is_refused(gateway: tuple[str, CallHost]) -> None:
