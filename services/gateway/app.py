@@ -68,6 +68,7 @@ class _Call:
         self.link: HostLink | None = None
         self.out: asyncio.Queue[str | None] = asyncio.Queue()
         self.close_reason: str | None = None
+        self.reader: asyncio.Task[None] | None = None
 
 
 class Gateway:
@@ -159,10 +160,14 @@ class Gateway:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
         await ws.prepare(request)
         call = _Call(ws, TwilioBridge(self._tokens))
+        call.reader = asyncio.create_task(self._read(call))
         writer = asyncio.create_task(self._write(call))
         try:
-            await self._read(call)
+            # wait(), not await: the writer cancels the reader to end the call from our side.
+            await asyncio.wait({call.reader})
         finally:
+            call.reader.cancel()
+            await asyncio.wait({call.reader})
             call_id = call.bridge.call_id
             if call_id is not None and self._calls.get(call_id) is call:
                 del self._calls[call_id]
@@ -173,7 +178,12 @@ class Gateway:
             call.out.put_nowait(None)
             await writer
             if not ws.closed:
-                await ws.close()
+                # Closed with no reader waiting, aiohttp sends our close frame and then reads
+                # (discarding media) until the caller's close: the full handshake. Closing
+                # while a reader waits drops TCP at once, and a caller still streaming gets a
+                # reset before it reads the reason.
+                reason = (call.close_reason or "").encode()[:120]
+                await ws.close(code=1000, message=reason)
         return ws
 
     async def _read(self, call: _Call) -> None:
@@ -290,8 +300,8 @@ class Gateway:
         while True:
             frame = await call.out.get()
             if frame is None:
-                if call.close_reason is not None and not call.ws.closed:
-                    await call.ws.close(code=1000, message=call.close_reason.encode()[:120])
+                if call.close_reason is not None and call.reader is not None:
+                    call.reader.cancel()  # the handler then closes the socket, with the reason
                 return
             if call.ws.closed:
                 continue

@@ -4,9 +4,13 @@ webhook checks and every kind of bad media-stream input; other calls never notic
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
+import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -319,3 +323,85 @@ async def test_load_generator_against_the_gateway_in_echo_mode(wire: WireValidat
     assert len(report.echo_latencies_ms()) == frames["echoed"]
     barge = data["barge_in"]
     assert barge["started"] > 0 and barge["cleared"] == barge["started"], barge
+
+
+def _stream_without_reading(
+    url: str, frames: list[str], opened: threading.Event, keep_sending_s: float
+) -> tuple[int, str] | str:
+    """A caller on a plain socket that keeps streaming media for ``keep_sending_s`` after
+    ``opened`` without reading anything, as a busy Twilio edge may: then it reads the close.
+
+    Returns (code, reason) of the close frame it finally reads, or what went wrong instead."""
+    from websockets.client import ClientProtocol
+    from websockets.frames import Frame, Opcode
+    from websockets.uri import parse_uri
+
+    uri = parse_uri(url)
+    protocol = ClientProtocol(uri)
+    with socket.create_connection((uri.host, uri.port), timeout=WAIT) as sock:
+        protocol.send_request(protocol.connect())
+        sock.sendall(b"".join(protocol.data_to_send()))
+        while protocol.handshake_exc is None and not protocol.events_received():
+            protocol.receive_data(sock.recv(65536))
+        for frame in frames:
+            protocol.send_text(frame.encode())
+        sock.sendall(b"".join(protocol.data_to_send()))
+        opened.wait(WAIT)
+        media = json.dumps(
+            {
+                "event": "media",
+                "streamSid": "MZ" + "2" * 32,
+                "media": {"payload": base64.b64encode(b"\xff" * 160).decode()},
+            }
+        )
+        deadline = time.monotonic() + keep_sending_s
+        try:
+            while time.monotonic() < deadline:
+                protocol.send_frame(Frame(Opcode.TEXT, media.encode()))
+                sock.sendall(b"".join(protocol.data_to_send()))
+                time.sleep(0.005)
+        except OSError as exc:
+            # A caller whose socket (like an asyncio one) fails on this write never reads the
+            # close frame waiting in its buffer: the reason is lost.
+            return f"the gateway reset the connection while the caller was streaming: {exc!r}"
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return "connection closed without a close frame"
+            protocol.receive_data(data)
+            for event in protocol.events_received():
+                if event.opcode is Opcode.CLOSE and protocol.close_rcvd is not None:
+                    sock.sendall(b"".join(protocol.data_to_send()))  # our close reply
+                    return protocol.close_rcvd.code, protocol.close_rcvd.reason
+
+
+async def test_close_reason_reaches_a_caller_that_reads_late(
+    gateway: tuple[str, CallHost],
+) -> None:
+    """The stream closes with the close handshake: the gateway waits for the caller's close
+    frame before dropping TCP, so the reason is not lost to a reset while the caller is still
+    streaming media (seen on CI as an agent hang-up arriving as a bare disconnect)."""
+    base, host = gateway
+    call_sid = "CA" + "7" * 32
+    form = {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": "+1555", "To": "+1666"}
+    async with aiohttp.ClientSession() as http:
+        url = f"{base}/twilio/voice"
+        async with http.post(url, data=form, headers=signed(url, form)) as response:
+            twiml = await response.text()
+    token = twiml.split('name="token" value="')[1].split('"')[0]
+    connected = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+    opened = threading.Event()
+    outcome = asyncio.ensure_future(
+        asyncio.to_thread(
+            _stream_without_reading,
+            base.replace("http", "ws") + "/twilio/media",
+            [connected, start_frame(call_sid, token)],
+            opened,
+            1.0,
+        )
+    )
+    await until(lambda: call_sid in host.calls, "the call")
+    opened.set()
+    await asyncio.sleep(0.1)
+    assert await host.close_call(call_sid, "agent_hangup")
+    assert await outcome == (1000, "agent_hangup")
