@@ -31,9 +31,11 @@ class Cluster:
     executor_pids: list[int]
     ingresses: list[Any] = dataclasses.field(default_factory=list)
     ingress_ports: list[int] = dataclasses.field(default_factory=list)
+    # Ingresses claim stream tokens here, so a token is single-use across all of them.
+    redis_url: str | None = None
 
     def add_ingress(self, ingress_id: str, settings: GatewaySettings) -> int:
-        handle = _ray.start_actor(IngressActor, ingress_id, settings)
+        handle = _ray.start_actor(IngressActor, ingress_id, settings, redis_url=self.redis_url)
         port = int(_ray.call_sync(handle, "start", timeout=60.0))
         self.ingresses.append(handle)
         self.ingress_ports.append(port)
@@ -110,7 +112,7 @@ def start_cluster(
         detached=True,
     )
     _ray.call_sync(router, "start", timeout=60.0)
-    cluster = Cluster(router, {}, {}, [], [])
+    cluster = Cluster(router, {}, {}, [], [], redis_url=redis_url)
     for n in range(settings.hosts):
         cluster.add_host(
             f"{host_prefix}-{n}", settings, redis_url=redis_url, model=model, model_url=model_url

@@ -12,15 +12,21 @@ from actors import _ray
 from services.config import GatewaySettings
 from services.gateway.app import Gateway
 from services.gateway.channel_port import ChannelHostPort
+from services.gateway.token_ledger import RedisTokenLedger
 from services.telephony.stream_tokens import StreamTokens
 
 logger = logging.getLogger(__name__)
 
 
 class IngressActor:
-    def __init__(self, ingress_id: str, settings: GatewaySettings) -> None:
+    def __init__(
+        self, ingress_id: str, settings: GatewaySettings, *, redis_url: str | None = None
+    ) -> None:
         logging.basicConfig(level=logging.INFO)
         secret = settings.stream_secret.value.encode() or secrets.token_bytes(32)
+        # Ingresses share the secret, so a token replayed to a sibling verifies there; the ledger
+        # in the cluster's Redis makes it single-use across all of them.
+        self._ledger = RedisTokenLedger(redis_url) if redis_url else None
         self.gateway = Gateway(
             ingress_id=ingress_id,
             settings=settings,
@@ -29,6 +35,7 @@ class IngressActor:
                 lambda: _ray.call(handle, "channel"), ingress_id=ingress_id
             ),
             tokens=StreamTokens(secret, settings.stream_token_ttl_s),
+            ledger=self._ledger,
         )
         self._settings = settings
         self._runner: web.AppRunner | None = None
@@ -51,5 +58,10 @@ class IngressActor:
         return _ray.own_pid()
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        try:
+            if self._runner is not None:
+                await self._runner.cleanup()
+        finally:
+            # After the runner: streams still opening finish their claim first.
+            if self._ledger is not None:
+                await self._ledger.close()

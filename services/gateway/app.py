@@ -20,8 +20,9 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from services.config import GatewaySettings
-from services.errors import MediaStreamProtocolError, ProviderError
+from services.errors import MediaStreamProtocolError, ProviderError, TransportError
 from services.gateway.host_link import HostLink, HostPort
+from services.gateway.token_ledger import TokenLedger
 from services.gateway.twilio_bridge import (
     EndStream,
     ForwardMedia,
@@ -80,12 +81,15 @@ class Gateway:
         router: RouterPort,
         host_port: Callable[[Any], HostPort],
         tokens: StreamTokens,
+        ledger: TokenLedger | None = None,
     ) -> None:
         self.ingress_id = ingress_id
         self.settings = settings
         self._router = router
         self._host_port = host_port
         self._tokens = tokens
+        # None: single use is enforced per process only (one ingress, or tests without Redis).
+        self._ledger = ledger
         self._links: dict[str, HostLink] = {}
         self._control: TwilioCallControl | None = None
         if settings.twilio_account_sid and settings.twilio_auth_token:
@@ -222,6 +226,8 @@ class Gateway:
         if action.call_id in self._calls:
             await call.ws.close(code=1008, message=b"call already streaming")
             return False
+        if not await self._claim_token(call, action):
+            return False
         spec = CallSpec(
             action.call_id,
             transport="twilio",
@@ -244,6 +250,24 @@ class Gateway:
         call.link = link
         link.calls.add(action.call_id)
         self._calls[action.call_id] = call
+        return True
+
+    async def _claim_token(self, call: _Call, action: OpenCall) -> bool:
+        """Claim the stream's token cluster-wide; on refusal close the stream and say why."""
+        if self._ledger is None or action.token is None:
+            return True
+        try:
+            first = await self._ledger.claim(action.token.nonce, action.token.expires_ms)
+        except TransportError as exc:
+            # Fail closed (see token_ledger): 1011, the server could not fulfil the request
+            # (RFC 6455 §7.4.1); the Redis detail stays in our log, not in the peer's close frame.
+            logger.error("refused a media stream: the token could not be checked: %s", exc)
+            await call.ws.close(code=1011, message=b"stream token could not be checked")
+            return False
+        if not first:
+            logger.warning("refused a media stream: its token was already used on another ingress")
+            await call.ws.close(code=1008, message=b"stream token was already used")
+            return False
         return True
 
     async def _busy(self, call: _Call) -> None:
@@ -273,9 +297,11 @@ class Gateway:
             self._control_tasks.add(task)
             task.add_done_callback(self._control_tasks.discard)
             return
-        frames, close_reason = call.bridge.on_command(command)
+        frames, close_reason, to_session = call.bridge.on_command(command)
         for frame in frames:
             call.out.put_nowait(frame)
+        if to_session is not None and call.link is not None:
+            call.link.send(command.call_id, to_session)
         if close_reason is not None:
             call.close_reason = close_reason
             call.out.put_nowait(None)

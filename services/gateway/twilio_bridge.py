@@ -23,6 +23,7 @@ from services.runtime.commands import (
     Dtmf,
     Hangup,
     PlayAudio,
+    PlaybackCut,
     Transfer,
 )
 from services.telephony.media_streams import (
@@ -35,7 +36,7 @@ from services.telephony.media_streams import (
     TwilioSerializer,
     UnknownStreamEvent,
 )
-from services.telephony.stream_tokens import StreamTokens
+from services.telephony.stream_tokens import RedeemedToken, StreamTokens
 from services.telephony.twilio_playback import SendMark, SendMedia, TwilioPlayback
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class OpenCall:
     call_id: str
     stream_id: str
     caller: dict[str, str]
+    # Set when the stream's token was redeemed here: the gateway still has to claim it in the
+    # cluster-wide ledger (I/O, so not in this bridge) before the call may open.
+    token: RedeemedToken | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,7 +75,8 @@ Action = OpenCall | ForwardMedia | ToSession | EndStream
 class TwilioBridge:
     def __init__(self, tokens: StreamTokens | None) -> None:
         self.serializer = TwilioSerializer()
-        self.playback = TwilioPlayback()
+        # No slack: the session truncates at what marks acknowledged, nothing guessed on top.
+        self.playback = TwilioPlayback(truncate_slack_ms=0)
         self._tokens = tokens
         self.call_id: str | None = None
         self.stream_id: str | None = None
@@ -99,42 +104,59 @@ class TwilioBridge:
         return []
 
     def _start(self, event: StreamStarted) -> OpenCall:
+        redeemed = None
         if self._tokens is not None:
             # Only a stream that Twilio opened from our own TwiML carries a valid, unused token.
-            self._tokens.redeem(event.custom_parameters.get("token", ""), event.call_id)
+            redeemed = self._tokens.redeem(event.custom_parameters.get("token", ""), event.call_id)
         self.call_id = event.call_id
         self.stream_id = event.stream_id
         caller = {k: v for k, v in event.custom_parameters.items() if k != "token"}
         caller["account_sid"] = event.account_id
-        return OpenCall(event.call_id, event.stream_id, caller)
+        return OpenCall(event.call_id, event.stream_id, caller, redeemed)
 
     # ----- us → Twilio -----------------------------------------------------------------------
 
-    def on_command(self, command: Command) -> tuple[list[str], str | None]:
-        """Twilio frames for ``command``, and a reason when the stream must now close."""
+    def on_command(self, command: Command) -> tuple[list[str], str | None, CallInput | None]:
+        """Twilio frames for ``command``, a reason when the stream must now close, and a message
+        for the session, if any."""
         stream = self.stream_id
         if stream is None:
-            return [], None
+            return [], None, None
         if isinstance(command, PlayAudio):
-            return self._frames(
-                self.playback.on_model_audio(command.item_id, command.content_index, command.data)
-            ), None
+            return (
+                self._frames(
+                    self.playback.on_model_audio(
+                        command.item_id, command.content_index, command.data
+                    )
+                ),
+                None,
+                None,
+            )
         if isinstance(command, AudioDone):
-            return self._frames(
-                self.playback.on_audio_done(command.item_id, command.content_index)
-            ), None
+            return (
+                self._frames(self.playback.on_audio_done(command.item_id, command.content_index)),
+                None,
+                None,
+            )
         if isinstance(command, ClearPlayback):
             interruption = self.playback.interrupt()
-            return ([self.serializer.encode_clear(stream)] if interruption.clear else []), None
+            # What the caller had acknowledged as the clear goes out: the session truncates at
+            # this, fresher than its own tracker by the ingress → host hop.
+            cut = PlaybackCut(
+                tuple(
+                    (t.item_id, t.content_index, t.audio_end_ms) for t in interruption.truncations
+                )
+            )
+            return ([self.serializer.encode_clear(stream)] if interruption.clear else []), None, cut
         if isinstance(command, Hangup):
-            return [], command.reason
+            return [], command.reason, None
         if isinstance(command, Transfer):
             # A transfer needs Twilio's REST API (a <Dial> on the live call): not built yet.
             logger.warning("transfer requested but not supported for Twilio streams yet")
-            return [], "transfer_unsupported"
+            return [], "transfer_unsupported", None
         if isinstance(command, CallEnded):
-            return [], command.reason
-        return [], None
+            return [], command.reason, None
+        return [], None, None
 
     def _frames(self, outbound: list[SendMedia | SendMark]) -> list[str]:
         assert self.stream_id is not None

@@ -26,6 +26,7 @@ from services.realtime.playback import PlaybackTracker
 from services.realtime.session import RealtimeSession
 from services.realtime.tools import FunctionTool, ToolCall, ToolResult, ToolRunner
 from services.realtime.transports.base import TransportAudio
+from services.realtime.transports.websocket import OpenAIRealtimeWebSocket
 from services.runtime.commands import (
     AudioDone,
     CallEnded,
@@ -37,6 +38,7 @@ from services.runtime.commands import (
     Dtmf,
     Hangup,
     PlayAudio,
+    PlaybackCut,
     Played,
     Transfer,
 )
@@ -47,6 +49,9 @@ logger = logging.getLogger(__name__)
 # After the agent decides to hang up or transfer, its last words still play; the call ends at
 # the end of that response, or after this long at the latest.
 CONTROL_GRACE_S = 10.0
+# A barge-in's truncation waits for the ingress to say what the caller had heard when playback
+# stopped (PlaybackCut); if it never answers (it went away), our own tracker's figure is used.
+PLAYBACK_CUT_WAIT_S = 0.5
 _KNOWN_EVENTS = frozenset(se.SERVER_EVENTS.classes)
 
 
@@ -93,8 +98,13 @@ class CallSession(CallControl):
         self._on_end = on_end
         self._clock = clock
         self.tracker = PlaybackTracker(bytes_per_ms(normalize_format(spec.audio_format)))
+        # Playback is observed at the ingress, one hop away: truncations wait for its figure.
+        self.transport = OpenAIRealtimeWebSocket(model=model.model, playback=self.tracker)
+        self.transport.defer_truncation = True
+        self._cut_timer: asyncio.TimerHandle | None = None
         self.session = RealtimeSession(
             agent,
+            transport=self.transport,
             model=model.model,
             config=phone_config(spec.audio_format),
             context=self,
@@ -131,6 +141,8 @@ class CallSession(CallControl):
         self.ended = reason
         if self._control_timer is not None:
             self._control_timer.cancel()
+        if self._cut_timer is not None:
+            self._cut_timer.cancel()
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
         try:
@@ -158,6 +170,8 @@ class CallSession(CallControl):
                     self.session.send_audio(message)
                 elif isinstance(message, Played):
                     self.tracker.on_play_ms(message.item_id, message.content_index, message.ms)
+                elif isinstance(message, PlaybackCut):
+                    self._settle_interruption(message.heard)
                 elif isinstance(message, Dtmf):
                     self._events.emit("dtmf", self.call_id, digit=message.digit)
                     if self.session.current_agent.dtmf_to_model:
@@ -219,6 +233,19 @@ class CallSession(CallControl):
     def _on_interrupted(self, _agent: RealtimeAgent) -> None:
         self._out(ClearPlayback(self.call_id))
         self._events.emit("interrupted", self.call_id)
+        if self.transport.interruption_pending:
+            if self._cut_timer is not None:
+                self._cut_timer.cancel()
+            self._cut_timer = self._loop.call_later(
+                PLAYBACK_CUT_WAIT_S, self._settle_interruption, None
+            )
+
+    def _settle_interruption(self, heard: tuple[tuple[str, int, int], ...] | None) -> None:
+        if self._cut_timer is not None:
+            self._cut_timer.cancel()
+            self._cut_timer = None
+        if self.ended is None:
+            self.transport.complete_interruption(heard)
 
     def _on_raw(self, raw: dict[str, Any]) -> None:
         kind = raw.get("type")

@@ -48,11 +48,20 @@ class Played:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PlaybackCut:
+    """The ingress stopped playback for a barge-in (Twilio ``clear``): ``heard`` is, per item
+    and content index, the ms the caller had acknowledged at that moment. The session truncates
+    with these, fresher than its own tracker by the hop's delay."""
+
+    heard: tuple[tuple[str, int, int], ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class CallerHungUp:
     reason: str = "caller_hangup"
 
 
-CallInput = Dtmf | Played | CallerHungUp
+CallInput = Dtmf | Played | PlaybackCut | CallerHungUp
 
 
 # ----- commands: session → ingress ---------------------------------------------------------------

@@ -8,7 +8,8 @@ message: a few microseconds to encode, no scheduler in the way. Messages are msg
 Ingress → host: ``["hello", ingress_id, key]`` once (``key`` is a random secret the host hands
 out only through Ray, so only members of the cluster can attach to a host's calls), then
 batches ``[sent_at, [item, ...]]`` where an item is ``["m", call_id, audio]``,
-``["p", call_id, item_id, content_index, ms]`` (played), ``["d", call_id, digit]`` or
+``["p", call_id, item_id, content_index, ms]`` (played), ``["t", call_id, [[item_id,
+content_index, ms], ...]]`` (playback cut at a barge-in), ``["d", call_id, digit]`` or
 ``["h", call_id, reason]`` (caller hung up).
 Host → ingress: lists of commands ``["a", call_id, audio, item_id, content_index]``,
 ``["e", call_id, item_id, content_index]``, ``["c", call_id]``, ``["H", call_id, reason]``,
@@ -33,6 +34,7 @@ from services.runtime.commands import (
     Dtmf,
     Hangup,
     PlayAudio,
+    PlaybackCut,
     Played,
     Transfer,
 )
@@ -47,6 +49,8 @@ def encode_inputs(sent_at: float, batch: Sequence[tuple[str, bytes | CallInput]]
             items.append(["p", call_id, data.item_id, data.content_index, data.ms])
         elif isinstance(data, Dtmf):
             items.append(["d", call_id, data.digit])
+        elif isinstance(data, PlaybackCut):
+            items.append(["t", call_id, [list(h) for h in data.heard]])
         else:
             items.append(["h", call_id, data.reason])
     return bytes(msgpack.packb([sent_at, items], use_bin_type=True))
@@ -64,6 +68,9 @@ def decode_inputs(message: bytes) -> tuple[float, list[tuple[str, bytes | CallIn
                 out.append((call_id, Played(str(item[2]), int(item[3]), float(item[4]))))
             elif kind == "d":
                 out.append((call_id, Dtmf(str(item[2]))))
+            elif kind == "t":
+                heard = tuple((str(i), int(c), int(ms)) for i, c, ms in item[2])
+                out.append((call_id, PlaybackCut(heard)))
             elif kind == "h":
                 out.append((call_id, CallerHungUp(str(item[2]))))
             else:

@@ -15,9 +15,12 @@ Twilio sends it to the same socket) so a token for another call is reported as s
 forgery. Expiry uses wall-clock time because the webhook and the WebSocket may reach different
 ingress processes sharing the secret.
 
-Single use is enforced per :class:`StreamTokens` instance: a replay that reaches another ingress
-process is not detected here (its expiry still bounds it). The memory of used tokens holds only
-unexpired ones, since an expired token is refused anyway.
+Single use has two layers. Each :class:`StreamTokens` instance remembers the tokens it redeemed
+(the fast path: no I/O, and a replay to the same ingress process never leaves it); that memory
+holds only unexpired tokens, since an expired token is refused anyway. A replay that reaches
+another ingress process passes this check, so :meth:`StreamTokens.redeem` returns the token's
+nonce and expiry for the gateway to claim in a cluster-wide ledger
+(:mod:`services.gateway.token_ledger`) before it opens the call.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ import math
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from services.errors import ConfigError, MediaStreamProtocolError, UserError
 
-__all__ = ["StreamTokenError", "StreamTokenRejection", "StreamTokens"]
+__all__ = ["RedeemedToken", "StreamTokenError", "StreamTokenRejection", "StreamTokens"]
 
 _VERSION: Final = "v1"
 _NONCE_BYTES: Final = 16
@@ -52,6 +56,18 @@ class StreamTokenError(MediaStreamProtocolError):
     ) -> None:
         super().__init__(message, field=field)
         self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class RedeemedToken:
+    """What a cluster-wide ledger needs to make a token single-use everywhere, after it verified.
+
+    ``nonce`` identifies the token (it is covered by the HMAC, so it cannot be chosen by a forger);
+    ``expires_ms`` is its expiry in unix milliseconds, past which the ledger may forget it.
+    """
+
+    nonce: str
+    expires_ms: int
 
 
 class StreamTokens:
@@ -85,8 +101,10 @@ class StreamTokens:
         signed = f"{_VERSION}.{_b64encode(call_sid.encode())}.{expires_ms}.{nonce}"
         return f"{signed}.{self._mac(signed)}"
 
-    def redeem(self, token: str, call_sid: str) -> None:
-        """Accept ``token`` for ``call_sid`` once, or raise :class:`StreamTokenError`."""
+    def redeem(self, token: str, call_sid: str) -> RedeemedToken:
+        """Accept ``token`` for ``call_sid`` once in this process, or raise
+        :class:`StreamTokenError`. Only a token that passed every check is returned, so a forged,
+        expired or locally replayed token never reaches a ledger."""
         now_ms = self._now_ms()
         self._forget_expired(now_ms)
         signed, _, mac = token.rpartition(".")
@@ -106,6 +124,7 @@ class StreamTokens:
             raise StreamTokenError("stream token was already used", reason="replayed")
         self._used[nonce] = expires_ms
         heapq.heappush(self._used_by_expiry, (expires_ms, nonce))
+        return RedeemedToken(nonce, expires_ms)
 
     def _forget_expired(self, now_ms: float) -> None:
         heap = self._used_by_expiry

@@ -159,7 +159,8 @@ class _PendingMark:
 class TwilioPlayback:
     """Playback tracker for one Twilio media stream. Not thread-safe; one owner per call."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, truncate_slack_ms: float = TRUNCATE_SLACK_MS) -> None:
+        self._slack_ms = truncate_slack_ms
         self._generation = 1
         self._sequence = 0
         self._items: dict[_Key, _Item] = {}  # insertion order = Twilio's playback order
@@ -276,7 +277,7 @@ class TwilioPlayback:
         for index, item in enumerate(self._items.values()):
             sent_ms = item.sent_bytes / BYTES_PER_MS
             played_ms = item.played_bytes / BYTES_PER_MS
-            end = min(sent_ms, played_ms + TRUNCATE_SLACK_MS) if index == 0 or played_ms > 0 else 0
+            end = min(sent_ms, played_ms + self._slack_ms) if index == 0 or played_ms > 0 else 0
             truncations.append(
                 Truncation(item.item_id, item.content_index, max(0, math.floor(end)))
             )

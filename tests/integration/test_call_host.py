@@ -14,7 +14,15 @@ from services.agents.registry import load_agents
 from services.config import LocalModelSettings, ModelSettings, Secret
 from services.localmodel.server import LocalModelServer
 from services.realtime.tools import InProcessToolRunner
-from services.runtime.commands import CallEnded, CallSpec, ClearPlayback, Hangup, PlayAudio
+from services.runtime.commands import (
+    CallEnded,
+    CallSpec,
+    ClearPlayback,
+    Hangup,
+    PlayAudio,
+    PlaybackCut,
+    Played,
+)
 from services.runtime.events import ListEventSink
 from services.runtime.host import CallHost, CallSetupError
 from services.telephony.g711 import ulaw_encode
@@ -87,13 +95,41 @@ async def test_call_greets_runs_a_tool_and_hangs_up(host: CallHost, events: List
     assert "transcript" in kinds and "tool.called" in kinds
 
 
-async def test_barge_in_clears_playback(host: CallHost, events: ListEventSink) -> None:
+def truncates(wire: WireValidator) -> list[dict[str, Any]]:
+    return [e for e in wire.client_log if e["type"] == "conversation.item.truncate"]
+
+
+async def test_barge_in_clears_then_truncates_at_what_the_ingress_saw_heard(
+    host: CallHost, events: ListEventSink, wire: WireValidator
+) -> None:
     await host.open_call(CallSpec("c1"))
-    await collect(host, lambda got: any(isinstance(c, PlayAudio) for c in got), "greeting")
-    host.feed([("c1", speech(400))])
+    got = await collect(host, lambda got: sum(isinstance(c, PlayAudio) for c in got) > 10, "audio")
+    item = next(c.item_id for c in got if isinstance(c, PlayAudio))
+    host.feed([("c1", Played(item, 0, 100.0)), ("c1", speech(400))])
     out = await collect(host, lambda got: ClearPlayback("c1") in got, "clear")
     assert ClearPlayback("c1") in out
     assert "interrupted" in events.kinds("c1")
+    await asyncio.sleep(0.1)
+    assert truncates(wire) == []  # waits for the ingress's figure, fresher than our 100 ms
+    host.feed([("c1", PlaybackCut(((item, 0, 140),)))])
+    async with asyncio.timeout(5 * TIMEOUT_FACTOR):
+        while not truncates(wire):
+            await asyncio.sleep(0.01)
+    assert [(e["item_id"], e["audio_end_ms"]) for e in truncates(wire)] == [(item, 140)]
+
+
+async def test_barge_in_truncates_from_its_own_tracker_when_the_ingress_never_answers(
+    host: CallHost, wire: WireValidator
+) -> None:
+    await host.open_call(CallSpec("c1"))
+    got = await collect(host, lambda got: sum(isinstance(c, PlayAudio) for c in got) > 10, "audio")
+    item = next(c.item_id for c in got if isinstance(c, PlayAudio))
+    host.feed([("c1", Played(item, 0, 80.0)), ("c1", speech(400))])
+    await collect(host, lambda got: ClearPlayback("c1") in got, "clear")
+    async with asyncio.timeout(5 * TIMEOUT_FACTOR):
+        while not truncates(wire):
+            await asyncio.sleep(0.01)
+    assert [(e["item_id"], e["audio_end_ms"]) for e in truncates(wire)] == [(item, 80)]
 
 
 async def test_unreachable_model_fails_one_call_only(

@@ -21,6 +21,7 @@ from services.config import (
     RuntimeSettings,
     Secret,
 )
+from services.gateway.token_ledger import KEY_PREFIX
 from services.localmodel.server import LocalModelServer
 from services.telephony.g711 import ulaw_encode
 from services.toolbus.streams import CALL_EVENTS_STREAM
@@ -121,9 +122,16 @@ async def test_tool_result_is_spoken_dtmf_arrives_and_hang_up_ends_the_call(
 ) -> None:
     _cluster, base = system
     caller = TwilioCaller(base)
-    await caller.dial()
+    twiml = await caller.dial()
     try:
         await until(lambda: caller.received_audio >= 8 * 500, "the greeting")
+        # The ingress claimed the stream's token in the cluster's Redis: single use cluster-wide.
+        nonce = twiml.split('name="token" value="')[1].split('"')[0].split(".")[3]
+        r = redis.Redis.from_url(redis_url)
+        try:
+            assert r.exists(KEY_PREFIX + nonce) == 1
+        finally:
+            r.close()
         await until(lambda: caller.received_audio - caller.played_audio < 160, "greeting played")
         caller.speak(tone(600))
         events: list[dict[str, Any]] = []

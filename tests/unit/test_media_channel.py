@@ -16,6 +16,7 @@ from services.runtime.commands import (
     Dtmf,
     Hangup,
     PlayAudio,
+    PlaybackCut,
     Played,
     Transfer,
 )
@@ -32,6 +33,7 @@ def test_inputs_round_trip_in_order() -> None:
         ("c1", b"\xff" * 160),
         ("c2", Played("item_1", 0, 20.0)),
         ("c1", Dtmf("#")),
+        ("c1", PlaybackCut((("item_1", 0, 380), ("item_2", 0, 0)))),
         ("c2", CallerHungUp("stream_closed")),
         ("c1", b"\x00\x01"),
     ]

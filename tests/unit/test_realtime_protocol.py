@@ -120,6 +120,53 @@ def test_truncate_never_exceeds_received_audio() -> None:
     assert truncate["audio_end_ms"] == 500
 
 
+def test_deferred_barge_in_truncates_at_the_figure_the_player_reports() -> None:
+    tracker = PlaybackTracker(bytes_per_ms=8)
+    t = barge_in_setup(interrupt_response=True, tracker=tracker)  # item_a: 500 ms received
+    t.feed(audio_delta("item_b", MS_100_PCMU))  # queued behind item_a
+    t.defer_truncation = True
+    interrupted = []
+    t.on("audio_interrupted", lambda: interrupted.append(True))
+    tracker.on_play_ms("item_a", 0, 200)  # what the acks that reached us say
+    t.feed(speech_started())
+    # Playback stops at once (the ingress clears); the truncate waits for the player's figure.
+    assert interrupted == [True] and t.take() == [] and t.interruption_pending
+    t.complete_interruption([("item_a", 0, 260), ("item_b", 0, 0)])
+    truncates = [(e["item_id"], e["audio_end_ms"]) for e in t.take()]
+    assert truncates == [("item_a", 260), ("item_b", 0)]
+    assert not t.interruption_pending
+    t.complete_interruption([("item_a", 0, 300)])  # a late second answer changes nothing
+    assert t.take() == []
+
+
+def test_deferred_barge_in_never_goes_back_or_past_the_received_audio() -> None:
+    tracker = PlaybackTracker(bytes_per_ms=8)
+    t = barge_in_setup(interrupt_response=True, tracker=tracker)
+    t.defer_truncation = True
+    tracker.on_play_ms("item_a", 0, 200)
+    t.feed(speech_started())
+    t.complete_interruption([("item_a", 0, 9000)])
+    assert [e["audio_end_ms"] for e in t.take()] == [500]  # only 500 ms were received
+    tracker2 = PlaybackTracker(bytes_per_ms=8)
+    t2 = barge_in_setup(interrupt_response=True, tracker=tracker2)
+    t2.defer_truncation = True
+    tracker2.on_play_ms("item_a", 0, 200)
+    t2.feed(speech_started())
+    t2.complete_interruption([("item_a", 0, 120)])  # older than what we know: ours stands
+    assert [e["audio_end_ms"] for e in t2.take()] == [200]
+
+
+def test_deferred_barge_in_without_an_answer_uses_the_tracker() -> None:
+    tracker = PlaybackTracker(bytes_per_ms=8)
+    t = barge_in_setup(interrupt_response=True, tracker=tracker)
+    t.defer_truncation = True
+    tracker.on_play_ms("item_a", 0, 140)
+    t.interrupt()
+    assert [e["type"] for e in t.take()] == ["response.cancel"]  # the truncate waits
+    t.complete_interruption(None)
+    assert [(e["item_id"], e["audio_end_ms"]) for e in t.take()] == [("item_a", 140)]
+
+
 def test_wall_clock_fallback_uses_time_since_first_delta() -> None:
     clock = FakeClock()
     t = RecordingTransport(playback=WallClockPlayback(clock))

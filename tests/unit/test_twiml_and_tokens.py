@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from services.errors import ConfigError, MediaStreamProtocolError, UserError
-from services.telephony.stream_tokens import StreamTokenError, StreamTokens
+from services.telephony.stream_tokens import RedeemedToken, StreamTokenError, StreamTokens
 from services.telephony.twiml import busy_twiml, connect_stream_twiml
 
 STREAM_URL = "wss://voice.example.com/twilio/media"
@@ -108,6 +108,29 @@ def test_issue_then_redeem(tokens: StreamTokens) -> None:
     token = tokens.issue(CALL_SID)
     assert token.isascii() and len(token) < 200
     tokens.redeem(token, CALL_SID)
+
+
+def test_redeem_returns_what_a_cluster_ledger_needs(tokens: StreamTokens, clock: FakeClock) -> None:
+    issued_at_ms = clock.now * 1000
+    token = tokens.issue(CALL_SID)
+    clock.now += 5.0
+    redeemed = tokens.redeem(token, CALL_SID)
+    # The nonce is the signed fourth part; the expiry is the issue time plus the ttl, not the
+    # redeem time, so a ledger forgets the token exactly when every ingress refuses it anyway.
+    assert redeemed == RedeemedToken(token.split(".")[3], int(issued_at_ms + 30_000))
+    assert len(redeemed.nonce) == 22  # 16 random bytes, base64url without padding
+    other = tokens.redeem(tokens.issue(CALL_SID), CALL_SID)
+    assert other.nonce != redeemed.nonce
+
+
+def test_the_same_token_redeemed_by_another_process_gives_the_same_nonce(
+    tokens: StreamTokens, clock: FakeClock
+) -> None:
+    # Another ingress (same secret, its own memory) accepts a replay; the identical nonce is
+    # what lets a shared ledger catch it.
+    sibling = StreamTokens(SECRET, ttl_s=30.0, clock=clock)
+    token = tokens.issue(CALL_SID)
+    assert tokens.redeem(token, CALL_SID) == sibling.redeem(token, CALL_SID)
 
 
 def test_tokens_are_unique(tokens: StreamTokens) -> None:

@@ -81,6 +81,13 @@ class OpenAIRealtimeBase(EventEmitter):
         self._create_queue: deque[JSON] = deque()
         self._create_seq = 0
         self._dispatched_calls: set[str] = set()
+        # When playback is observed by another process (a telephony ingress), the freshest
+        # "heard" figure is there, not in our tracker: set this and the truncations of a
+        # barge-in wait for :meth:`complete_interruption`.
+        self.defer_truncation = False
+        self._deferred: tuple[list[tuple[str, int, int]], dict[tuple[str, int], float]] | None = (
+            None
+        )
 
     # ----- state -------------------------------------------------------------------------------
 
@@ -229,8 +236,43 @@ class OpenAIRealtimeBase(EventEmitter):
         if cancel_response:
             self.cancel_response()
         truncations = self._playback_truncations()
+        received = dict(self._received_ms)
         self._reset_playback()
+        if self.defer_truncation:
+            self.complete_interruption(None)  # an earlier barge-in still unconfirmed: settle it
+            self._deferred = (truncations, received)
+            self.emit("audio_interrupted")
+            return
         self.emit("audio_interrupted")
+        self._send_truncations(truncations)
+
+    @property
+    def interruption_pending(self) -> bool:
+        """A deferred barge-in is waiting for :meth:`complete_interruption`."""
+        return self._deferred is not None
+
+    def complete_interruption(self, heard: Sequence[tuple[str, int, int]] | None) -> None:
+        """Send the truncations of a deferred barge-in.
+
+        ``heard`` is (item id, content index, ms heard) as the process that plays the audio saw
+        it when it stopped playback; ``None`` (it never answered) falls back to our tracker.
+        A reported figure only ever moves a truncation later (it is the fresher of the two),
+        and never past the audio received, which the server would reject.
+        """
+        if self._deferred is None:
+            return
+        truncations, received = self._deferred
+        self._deferred = None
+        reported = {(item, index): ms for item, index, ms in heard or ()}
+        out: list[tuple[str, int, int]] = []
+        for item, index, ms in truncations:
+            if (item, index) in reported:
+                cap = math.floor(received.get((item, index), 0.0))
+                ms = min(max(ms, reported[(item, index)]), cap)
+            out.append((item, index, ms))
+        self._send_truncations(out)
+
+    def _send_truncations(self, truncations: list[tuple[str, int, int]]) -> None:
         for item_id, content_index, audio_end_ms in truncations:
             self.send_event(
                 {
