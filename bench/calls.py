@@ -50,6 +50,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from actors import _ray
     from actors.cluster import start_cluster
+    from services import aio
     from services.config import GatewaySettings, ModelSettings, RuntimeSettings, Secret
     from services.embedded.model_process import ModelProcess
     from services.embedded.redis_server import EmbeddedRedis
@@ -103,7 +104,7 @@ def main() -> None:
                     peak_rss = max(peak_rss, _rss(own))
                 return await task
 
-            report = asyncio.run(run()).to_dict()
+            report = aio.run(run()).to_dict()
             cpu = _cpu_s(own) - cpu0
             wall = time.monotonic() - wall0
             # Where the two cores went: callray's own processes vs what shares the box with it.

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from services import __doc__ as package_doc
+from services import aio
 from services.config import load_settings
 from services.errors import CallrayError, ConfigError
 
@@ -45,7 +46,7 @@ def _model_command(args: argparse.Namespace) -> int:
         )
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(settings, on_ready=banner))
+        aio.run(serve_forever(settings, on_ready=banner))
     return 0
 
 

@@ -8,12 +8,12 @@ here (the entry point; STYLE.md practice 6) so that an ingress that checks
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from services import aio
 from services.loadgen.options import LoadOptions
 
 __all__ = ["add_loadtest_parser", "loadtest_command"]
@@ -97,7 +97,7 @@ def loadtest_command(args: argparse.Namespace) -> int:
         auth_token=gateway.twilio_auth_token,
         public_url=gateway.public_url,
     )
-    report = asyncio.run(run_load(options))
+    report = aio.run(run_load(options))
     data = report.to_dict()
     if args.out:
         Path(args.out).write_text(report.to_json() + "\n")

@@ -206,6 +206,15 @@ class CallHost:
         queue.clear()
         return out
 
+    def take_output(self, ingress_id: str = "") -> list[Command]:
+        """Every command for ``ingress_id``'s calls waiting now, without waiting."""
+        queue = self._outputs.get(ingress_id)
+        if not queue:
+            return []
+        out = list(queue)
+        queue.clear()
+        return out
+
     def stats(self) -> HostStats:
         return HostStats(
             self.host_id, len(self.calls), self.capacity, self._frames_in, self._unknown_frames
