@@ -19,6 +19,7 @@ Without ``PROMETHEUS_MULTIPROC_DIR`` (tests, a single process) the default regis
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from typing import Final
@@ -137,8 +138,20 @@ def model_disconnected(reason: str) -> None:
     MODEL_DISCONNECTS.labels(reason).inc()
 
 
+# Called once per model event and per media frame: the labelled child is looked up once per
+# label value (the label sets are small and fixed) instead of on every call.
+@functools.cache
+def _model_events(kind: str) -> Counter:
+    return MODEL_EVENTS.labels(kind)
+
+
+@functools.cache
+def _media_frames(direction: str) -> Counter:
+    return MEDIA_FRAMES.labels(direction)
+
+
 def model_event(kind: str) -> None:
-    MODEL_EVENTS.labels(kind).inc()
+    _model_events(kind).inc()
 
 
 def tool_finished(tool: str, outcome: str, seconds: float) -> None:
@@ -160,7 +173,7 @@ def tool_reclaimed(count: int = 1) -> None:
 
 
 def media_frames(direction: str, count: int) -> None:
-    MEDIA_FRAMES.labels(direction).inc(count)
+    _media_frames(direction).inc(count)
 
 
 def media_hop(direction: str, seconds: float) -> None:

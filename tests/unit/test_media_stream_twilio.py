@@ -31,6 +31,7 @@ from services.telephony.media_streams import (
     TwilioSerializer,
     UnknownStreamEvent,
 )
+from services.telephony.media_streams.base import JsonFields
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "twilio"
 ACCOUNT_SID = "ACc40bbbe5755558e367f6827a91c689ac"
@@ -370,3 +371,78 @@ def test_encoded_frames_are_valid_json_with_stream_sid(
     serializer: TwilioSerializer, encode: Callable[[TwilioSerializer], str]
 ) -> None:
     assert json.loads(encode(serializer))["streamSid"] == STREAM_SID
+
+
+# --- the short paths for media and mark agree with the checked path ----------------------------
+
+MEDIA_VARIANTS: list[Any] = [
+    {"track": "inbound", "chunk": "7", "timestamp": "140", "payload": "//8="},
+    {"payload": "//8="},
+    {"payload": "//8=", "chunk": 3, "timestamp": 60},
+    {"payload": "//8=", "chunk": -1},
+    {"payload": "//8=", "chunk": True},
+    {"payload": "//8=", "timestamp": "1.5"},
+    {"payload": "not base64!"},
+    {"payload": 5},
+    {"payload": "//8=", "track": 1},
+    {"chunk": "1"},
+    "not an object",
+    None,
+]
+
+
+def outcome(serializer: TwilioSerializer, frame: str) -> object:
+    try:
+        return serializer.parse(frame)
+    except MediaStreamProtocolError as exc:
+        return ("error", str(exc), exc.field)
+
+
+@pytest.mark.parametrize("media", MEDIA_VARIANTS)
+@pytest.mark.parametrize("sid", [None, "other"])
+def test_media_short_path_matches_the_checked_path(
+    started: TwilioSerializer, media: Any, sid: str | None
+) -> None:
+    stream = started.stream_id if sid is None else sid
+    frame = json.dumps({"event": "media", "streamSid": stream, "media": media})
+    checked = copy.deepcopy(started)
+    # The checked path alone: what the serializer did before the short path existed.
+    checked_result: object
+    try:
+        checked_result = checked._on_media(
+            JsonFields(json.loads(frame), context="twilio 'media' message")
+        )
+    except MediaStreamProtocolError as exc:
+        checked_result = ("error", str(exc), exc.field)
+    assert outcome(started, frame) == checked_result
+
+
+@pytest.mark.parametrize("mark", [{"name": "a:20:g1:m1"}, {"name": 3}, {}, "x", {"name": 'é"\\'}])
+def test_mark_short_path_matches_the_checked_path(started: TwilioSerializer, mark: Any) -> None:
+    frame = json.dumps({"event": "mark", "streamSid": started.stream_id, "mark": mark})
+    checked: object
+    try:
+        checked = copy.deepcopy(started)._on_mark(
+            JsonFields(json.loads(frame), context="twilio 'mark' message")
+        )
+    except MediaStreamProtocolError as exc:
+        checked = ("error", str(exc), exc.field)
+    assert outcome(started, frame) == checked
+
+
+@pytest.mark.parametrize(
+    "sid, name",
+    [("MZ" + "a" * 32, "item_1:20:g1:m1"), ('MZ"quote', 'naïve \\ "name"\n'), ("", "")],
+)
+def test_templated_frames_are_byte_identical_to_json_dumps(sid: str, name: str) -> None:
+    serializer = TwilioSerializer()
+    audio = bytes(range(256))
+    compact = (",", ":")
+    media = {
+        "event": "media",
+        "streamSid": sid,
+        "media": {"payload": base64.b64encode(audio).decode()},
+    }
+    assert serializer.encode_media(sid, audio) == json.dumps(media, separators=compact)
+    mark = {"event": "mark", "streamSid": sid, "mark": {"name": name}}
+    assert serializer.encode_mark(sid, name) == json.dumps(mark, separators=compact)
