@@ -24,7 +24,7 @@ from __future__ import annotations
 import zlib
 from typing import Final
 
-__all__ = ["MAX_SEQUENCE", "TAG_BYTES", "TagScanner", "tag_frame"]
+__all__ = ["MAX_SEQUENCE", "TAG_BYTES", "TagScanner", "tag_bytes", "tag_frame"]
 
 _SYNC: Final = b"\xf5\x7a\xf5\x7a"
 _DIGITS: Final = 6
@@ -37,27 +37,37 @@ def _check(sequence: int) -> int:
     return zlib.crc32(sequence.to_bytes(3, "big")) & 0xFF
 
 
-def _nibbles(value: int, count: int) -> bytes:
-    return bytes(0xF0 | ((value >> (4 * i)) & 0x0F) for i in reversed(range(count)))
+# Tag bytes from and to hex digits with one ``bytes.translate`` each (both run per frame, so no
+# per-byte Python loop): ``0xF0 | n`` <-> the hex digit of ``n``. Any byte that is not ``0xF?``
+# reads as ``x``, which ``int(..., 16)`` never sees because a tag holding one is rejected first.
+_HEX: Final = b"0123456789abcdef"
+_HEX_TO_TAG: Final = bytes.maketrans(_HEX, bytes(range(0xF0, 0x100)))
+_TAG_TO_HEX: Final = bytes(_HEX[b & 0x0F] if b & 0xF0 == 0xF0 else ord("x") for b in range(256))
+
+
+def tag_bytes(sequence: int) -> bytes:
+    """The :data:`TAG_BYTES`-byte tag of ``sequence``."""
+    if not 0 <= sequence <= MAX_SEQUENCE:
+        raise ValueError(f"sequence {sequence} is outside 0..{MAX_SEQUENCE}")
+    return _SYNC + (b"%06x%02x" % (sequence, _check(sequence))).translate(_HEX_TO_TAG)
 
 
 def tag_frame(frame: bytes, sequence: int) -> bytes:
     """``frame`` with its first :data:`TAG_BYTES` bytes replaced by the tag of ``sequence``."""
-    if not 0 <= sequence <= MAX_SEQUENCE:
-        raise ValueError(f"sequence {sequence} is outside 0..{MAX_SEQUENCE}")
+    tag = tag_bytes(sequence)
     if len(frame) < TAG_BYTES:
         raise ValueError(f"a tagged frame needs at least {TAG_BYTES} bytes, got {len(frame)}")
-    tag = _SYNC + _nibbles(sequence, _DIGITS) + _nibbles(_check(sequence), 2)
     return tag + frame[TAG_BYTES:]
 
 
-def _read_nibbles(data: bytes) -> int | None:
-    value = 0
-    for byte in data:
-        if byte & 0xF0 != 0xF0:
-            return None
-        value = (value << 4) | (byte & 0x0F)
-    return value
+def _read_tag(buffer: bytes, position: int) -> int | None:
+    """The sequence number of a tag whose sync starts at ``position``, if its digits and check
+    are valid."""
+    digits = buffer[position + len(_SYNC) : position + TAG_BYTES].translate(_TAG_TO_HEX)
+    if b"x" in digits:
+        return None
+    sequence = int(digits[:_DIGITS], 16)
+    return sequence if int(digits[_DIGITS:], 16) == _check(sequence) else None
 
 
 class TagScanner:
@@ -78,10 +88,8 @@ class TagScanner:
         found: list[tuple[int, int]] = []
         position = buffer.find(_SYNC)
         while position != -1 and position + TAG_BYTES <= len(buffer):
-            digits = buffer[position + len(_SYNC) : position + TAG_BYTES]
-            sequence = _read_nibbles(digits[:_DIGITS])
-            check = _read_nibbles(digits[_DIGITS:])
-            if sequence is not None and check == _check(sequence):
+            sequence = _read_tag(buffer, position)
+            if sequence is not None:
                 found.append((position + TAG_BYTES - skip, sequence))
                 position = buffer.find(_SYNC, position + TAG_BYTES)
             else:

@@ -69,10 +69,12 @@ class TwilioPlaybackBuffer:
 
         Returns the marks echoed now, in the order they were received.
         """
-        self.played_bytes += self._started - self._finished
-        self._finished = self._started
-        echoed = self._release(self._finished)
-        self._started += min(FRAME_BYTES, self._buffered - self._started)
+        finished = self._started
+        self.played_bytes += finished - self._finished
+        self._finished = finished
+        marks = self._marks
+        echoed = self._release(finished) if marks and marks[0][0] <= finished else []
+        self._started = finished + min(FRAME_BYTES, self._buffered - finished)
         return echoed
 
     def clear(self) -> list[str]:

@@ -4,10 +4,11 @@ Each call does what Twilio does for an inbound call: ``POST`` the voice webhook 
 form fields, read the TwiML, and for ``<Connect><Stream>`` open the media WebSocket and stream
 (reference/telephony.md §1). Everything the call does on the stream is decided by the sans-I/O
 :class:`~services.loadgen.twilio_caller.TwilioCaller`; this module only moves its messages and
-reads the clock. One task per call paces its own 20 ms ticks; the load generator's own lateness
-is reported (``loadgen.max_tick_lag_ms``) so an overloaded generator is not mistaken for a slow
-ingress. Every wait is bounded by ``timeout_s``, and a call's media leg by its duration plus
-drain plus ``timeout_s``.
+reads the clock. Each call's media leg (:class:`~services.loadgen.media_leg.MediaLeg`) paces its
+own 20 ms ticks with a timer on its own phase; the load generator's own lateness is reported
+(``loadgen.max_tick_lag_ms``) so an overloaded generator is not mistaken for a slow ingress.
+Every wait is bounded by ``timeout_s``, and a call's media leg by its duration plus drain plus
+``timeout_s``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from typing import Final, TextIO
 import aiohttp
 import numpy as np
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from services.errors import CallrayError, TransportError
 from services.loadgen.audio import load_wav_ulaw, tone_ulaw
+from services.loadgen.media_leg import MediaLeg
+from services.loadgen.media_socket import MediaSocket
 from services.loadgen.options import LoadOptions
 from services.loadgen.report import CallResult, LoadReport
 from services.loadgen.twilio_caller import CallerScript, TwilioCaller
@@ -162,13 +164,13 @@ class _Run:
             close_reason=socket.close_reason if caller.ended_by == "ingress" else None,
         )
 
-    async def media_leg(self, socket: ClientConnection, caller: TwilioCaller) -> str | None:
+    async def media_leg(self, socket: MediaSocket, caller: TwilioCaller) -> str | None:
         """Stream until the caller is done; returns what went wrong, if anything."""
         o = self.options
         self.live.attach(caller)
         try:
             async with asyncio.timeout(o.duration_s + o.drain_s + o.timeout_s):
-                await self.stream(socket, caller)
+                await MediaLeg(socket, caller, self.clock).run()
         except (OSError, TimeoutError, ConnectionClosed, CallrayError) as exc:
             return _describe(exc)
         finally:
@@ -205,52 +207,14 @@ class _Run:
                 raise TransportError(f"voice webhook answered HTTP {response.status}")
         return parse_voice_answer(body)
 
-    async def open_stream(self, answer: StreamAnswer) -> ClientConnection:
+    async def open_stream(self, answer: StreamAnswer) -> MediaSocket:
         o = self.options
         url = rebase_stream_url(answer.url, o.base_url) if o.rebase_stream_url else answer.url
         headers = {}
         if self.signer is not None:
             # Twilio signs the upgrade over the wss:// URL as written in the TwiML, no params.
             headers[SIGNATURE_HEADER] = self.signer.compute_signature(answer.url, {})
-        return await connect(
-            url,
-            additional_headers=headers,
-            compression=None,
-            open_timeout=o.timeout_s,
-            max_size=_MAX_APP_MESSAGE_BYTES,
-        )
-
-    async def stream(self, socket: ClientConnection, caller: TwilioCaller) -> None:
-        """Run the call. A clean close by the ingress is a hang-up (``ConnectionClosedOK``);
-        an abrupt one (``ConnectionClosedError``) propagates and fails the call."""
-        receiver: asyncio.Task[None] | None = None
-        try:
-            for message in caller.open(self.clock()):
-                await socket.send(message)
-            receiver = asyncio.create_task(self.receive(socket, caller))
-            while not caller.done:
-                for message in caller.tick(self.clock()):
-                    await socket.send(message)
-                if receiver.done():
-                    receiver.result()  # raises if the ingress sent something malformed
-                    return
-                await asyncio.sleep(max(0.0, caller.next_tick_at - self.clock()))
-        except ConnectionClosedOK:
-            caller.peer_closed()  # it hung up while we were sending
-        finally:
-            if receiver is not None:
-                receiver.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await receiver
-
-    async def receive(self, socket: ClientConnection, caller: TwilioCaller) -> None:
-        try:
-            async for message in socket:  # ends quietly on a clean close
-                for answer in caller.receive(message, self.clock()):
-                    await socket.send(answer)
-        except ConnectionClosedOK:
-            pass
-        caller.peer_closed()
+        return await MediaSocket.connect(url, headers=headers, max_size=_MAX_APP_MESSAGE_BYTES)
 
 
 class _Live:
