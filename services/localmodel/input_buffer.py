@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from .audio import AudioFormat, convert, decode
+from .audio import AudioFormat, convert
+from .energy import frame_rms
 from .vad import EnergyVad, VadEvent
 
 __all__ = ["InputAudioBuffer"]
@@ -29,6 +30,7 @@ class InputAudioBuffer:
         self._data = bytearray()
         self._start_ms = 0.0  # session-clock position of _data[0]
         self._unframed = bytearray()  # audio not yet seen by the VAD (less than one frame)
+        self._frame_bytes = fmt.bytes_for_ms(FRAME_MS)
 
     @property
     def duration_ms(self) -> float:
@@ -36,25 +38,30 @@ class InputAudioBuffer:
 
     def append(self, chunk: bytes) -> list[tuple[VadEvent, float]]:
         """Add audio; returns VAD events, each with the clock time at which it was detected."""
-        if self.vad is not None and not self.vad.in_speech:
+        vad = self.vad
+        if vad is not None and not vad.in_speech:
             # Safe only here: the caller has acted on the events of earlier appends. A turn
             # starting in this append reaches back at most its padding plus a partial frame.
-            self._drop_before(self.clock_ms - self.vad.prefix_padding_ms - FRAME_MS)
+            self._drop_before(self.clock_ms - vad.prefix_padding_ms - FRAME_MS)
         self._data += chunk
         self.clock_ms += self.fmt.duration_ms(len(chunk))
-        if self.vad is None:
+        if vad is None:
             return []
-        self._unframed += chunk
-        frame_bytes = self.fmt.bytes_for_ms(FRAME_MS)
-        whole = len(self._unframed) - len(self._unframed) % frame_bytes
-        frame_start = self.clock_ms - self.fmt.duration_ms(len(self._unframed))
+        # Appends of whole frames (every telephony frame) are framed in place, without copies.
+        pending = bytes(self._unframed + chunk) if self._unframed else chunk
+        whole = len(pending) - len(pending) % self._frame_bytes
+        frame_start = self.clock_ms - self.fmt.duration_ms(len(pending))
         events: list[tuple[VadEvent, float]] = []
-        for offset in range(0, whole, frame_bytes):
-            frame = decode(bytes(self._unframed[offset : offset + frame_bytes]), self.fmt)
-            for event in self.vad.feed(frame, frame_start, FRAME_MS):
+        framed = pending if whole == len(pending) else pending[:whole]
+        for rms in frame_rms(framed, self.fmt, self._frame_bytes):
+            event = vad.feed_rms(rms, frame_start, FRAME_MS)
+            if event is not None:
                 events.append((event, frame_start + FRAME_MS))
             frame_start += FRAME_MS
-        del self._unframed[:whole]
+        if whole == len(pending):
+            self._unframed.clear()
+        else:
+            self._unframed = bytearray(pending[whole:])
         return events
 
     def take(self, start_ms: float | None = None, end_ms: float | None = None) -> bytes:
@@ -87,6 +94,7 @@ class InputAudioBuffer:
         self._data = bytearray(convert(bytes(self._data), self.fmt, fmt))
         self._unframed = bytearray(convert(bytes(self._unframed), self.fmt, fmt))
         self.fmt = fmt
+        self._frame_bytes = fmt.bytes_for_ms(FRAME_MS)
 
     def _drop_before(self, clock_ms: float) -> None:
         # Drop in whole 10 ms frames only when a second has piled up, to keep appends cheap.

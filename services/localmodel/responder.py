@@ -13,6 +13,7 @@ from typing import Any, Literal
 from .audio import PCM, AudioConverter, AudioFormat, convert, encode, resample
 from .client_events import ResponseParams
 from .conversation import Conversation, StoredItem
+from .outbox import Outbox
 from .replies import CallTool, Replay, Reply, ScriptPlayer, echo_reply
 from .responses import Response, ResponseSetup
 from .speech import SpeechSynthesizer
@@ -20,8 +21,6 @@ from .usage import context_tokens
 from .validation import InvalidRequest
 
 __all__ = ["Responder"]
-
-Emit = Callable[[dict[str, Any]], None]
 
 
 class Responder:
@@ -32,7 +31,7 @@ class Responder:
         player: ScriptPlayer,
         speech: SpeechSynthesizer,
         conversation: Conversation,
-        emit: Emit,
+        out: Outbox,
         new_id: Callable[[str], str],
         speed: float,
         chunk_ms: int,
@@ -41,7 +40,7 @@ class Responder:
         self.player = player
         self._speech = speech
         self._conversation = conversation
-        self._emit = emit
+        self._out = out
         self._new_id = new_id
         self._speed = speed
         self._chunk_ms = chunk_ms
@@ -56,6 +55,8 @@ class Responder:
         return min((d for r in self._active if (d := r.next_deadline()) is not None), default=None)
 
     def tick(self, now: float) -> None:
+        if not self._active:
+            return
         self._poll_speech(now)
         for response in self._active:
             response.advance(now)
@@ -168,7 +169,7 @@ class Responder:
             speed=self._speed,
             context_tokens=context_tokens(session["instructions"], self._conversation),
         )
-        response = Response(setup, self._emit, now, self._new_id)
+        response = Response(setup, self._out, now, self._new_id)
         self._active.append(response)
         return response
 
@@ -182,6 +183,8 @@ class Responder:
         return self.player.reply(names, out_of_band=params.conversation == "none")
 
     def _drop_finished(self) -> None:
+        if not any(r.done for r in self._active):
+            return  # the echo, if any, is among them: it is not done either
         self._active = [r for r in self._active if not r.done]
         if self._echo is not None and self._echo.done:
             self._echo = None

@@ -33,11 +33,11 @@ from typing import Any, Final, Literal
 
 from .audio import AudioFormat
 from .conversation import Conversation, StoredItem
+from .outbox import AudioPart, Outbox
 from .usage import response_usage, text_tokens
 
 __all__ = ["Response", "ResponseSetup"]
 
-Emit = Callable[[dict[str, Any]], None]
 MAX_ECHO_ITEM_MS: Final = 10 * 60 * 1000
 CancelReason = Literal["turn_detected", "client_cancelled"]
 
@@ -66,11 +66,13 @@ class Response:
     """A response with one output item; :meth:`advance` emits whatever is due at ``now``."""
 
     def __init__(
-        self, setup: ResponseSetup, emit: Emit, now: float, new_id: Callable[[str], str]
+        self, setup: ResponseSetup, out: Outbox, now: float, new_id: Callable[[str], str]
     ) -> None:
         self.setup = setup
         self.id = setup.id
-        self._emit = emit
+        self._emit = out.emit
+        self._emit_audio = out.audio_delta
+        self._audio_part: AudioPart | None = None  # the delta fields of the current item
         self._new_id = new_id
         self.status = "in_progress"
         self._status_details: dict[str, Any] | None = None
@@ -257,10 +259,13 @@ class Response:
 
     def _send_audio(self, chunk: bytes | bytearray) -> None:
         self._sent_bytes += len(chunk)
-        ids = self._part_ids()
-        self._emit({"type": "response.output_audio.delta", **ids, "delta": _b64(chunk)})
+        part = self._audio_part
+        if part is None:
+            part = self._audio_part = AudioPart(**self._part_ids())
+        self._emit_audio(part, _b64(chunk))
         if self._open_ended or self._audio is None:
             return  # an echo has no transcript
+        ids = self._part_ids()
         # The transcript keeps pace with the audio, so a cut item's text matches what was heard.
         target = round(len(self._text) * self._sent_bytes / max(1, len(self._audio)))
         if target > self._sent_chars:
@@ -272,6 +277,7 @@ class Response:
         item = StoredItem({"id": self._new_id("item"), "object": "realtime.item", **fields})
         self._items.append(item)
         self._item = item
+        self._audio_part = None
         self._emit(
             {
                 "type": "response.output_item.added",

@@ -6,8 +6,10 @@ OpenAI, e.g. ``AsyncOpenAI(api_key="x", base_url="http://host:port/v1").realtime
 ``settings.api_key`` is set, a wrong or missing bearer (header, or the browser subprotocol
 ``openai-insecure-api-key.<key>``) gets 401.
 
-Each connection has one task: it waits for the next client frame or the engine's next deadline,
-feeds the engine, and sends what the engine emitted. Nothing one connection does (bad input, an
+Each connection has one task: it waits for the next client frame, the engine's next deadline or
+a finished speech rendering, feeds the engine, and sends what the engine emitted (as the engine
+serialised it). It reads the socket itself: a reader task and a queue between them would cost two
+task switches on every 20 ms frame of a call. Nothing one connection does (bad input, an
 exception) reaches another: the engine turns bad input into ``error`` events, and the handler of
 each connection catches its own failures.
 """
@@ -47,8 +49,6 @@ DEFAULT_MODEL: Final = "gpt-realtime"
 # The socket accepts messages 4x over our own limit, so an oversize event is answered with an
 # `error` event rather than a close (the engine checks `max_message_bytes`).
 WS_SIZE_FACTOR: Final = 4
-_WAKE: Final = object()  # a speech rendering finished: tick the engine
-_CLOSED: Final = object()
 
 
 def _check_settings(settings: LocalModelSettings) -> Mode:
@@ -176,23 +176,23 @@ class LocalModelServer:
             # This server creates every session at connect; it knows no calls to attach to.
             unknown_call_id=call_id,
         )
-        inbox: asyncio.Queue[object] = asyncio.Queue()
-        tasks = {asyncio.create_task(self._read(connection, inbox))}
+        wakeup = _Wakeup()
+        renders: set[asyncio.Task[None]] = set()
         try:
             await self._flush(connection, engine)
             while True:
-                item = await self._next(inbox, engine.next_deadline())
-                if item is _CLOSED:
-                    break
+                frame = await wakeup.next_frame(connection, engine.next_deadline(), bool(renders))
                 now = loop.time()
-                if isinstance(item, str | bytes):
-                    obj = engine.receive_frame(item, now)
+                if frame is not None:
+                    obj = engine.receive_frame(frame, now)
                     if obj is not None:
                         self._observe("client", obj)
                 else:
                     engine.tick(now)
                 for text, voice in engine.speech_requests():
-                    tasks.add(asyncio.create_task(self._render(text, voice, inbox)))
+                    task = asyncio.create_task(self._render(text, voice, wakeup))
+                    renders.add(task)
+                    task.add_done_callback(renders.discard)
                 await self._flush(connection, engine)
         except ConnectionClosed:
             pass
@@ -200,35 +200,18 @@ class LocalModelServer:
             log.exception("local model: connection handler failed; closing this connection")
             await connection.close(1011, "internal error")
         finally:
-            for task in tasks:
+            for task in list(renders):
                 task.cancel()
 
-    @staticmethod
-    async def _next(inbox: asyncio.Queue[object], deadline: float | None) -> object:
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await inbox.get()
-        except TimeoutError:
-            return _WAKE
-
-    @staticmethod
-    async def _read(connection: ServerConnection, inbox: asyncio.Queue[object]) -> None:
-        try:
-            async for message in connection:
-                inbox.put_nowait(message)
-        except ConnectionClosed:
-            pass
-        finally:
-            inbox.put_nowait(_CLOSED)
-
-    async def _render(self, text: str, voice: str, inbox: asyncio.Queue[object]) -> None:
+    async def _render(self, text: str, voice: str, wakeup: _Wakeup) -> None:
         await self._speech.render(text, voice)
-        inbox.put_nowait(_WAKE)
+        wakeup.set()
 
     async def _flush(self, connection: ServerConnection, engine: RealtimeEngine) -> None:
-        for event in engine.take_events():
-            self._observe("server", event)
-            await connection.send(json.dumps(event))
+        for text in engine.take_frames():
+            if self._observer is not None:
+                self._observe("server", json.loads(text))  # what the client will parse
+            await connection.send(text)
 
     def _observe(self, direction: str, event: dict[str, Any]) -> None:
         if self._observer is None:
@@ -237,6 +220,40 @@ class LocalModelServer:
             self._observer(direction, event)
         except Exception:
             log.exception("local model: observer failed on a %s event", direction)
+
+
+class _Wakeup:
+    """How a connection's task waits: for the next client frame, or until the engine is due a
+    tick (its deadline passed, or a speech rendering finished and :meth:`set` was called)."""
+
+    def __init__(self) -> None:
+        self._pending = False
+        self._timeout: asyncio.Timeout | None = None
+
+    def set(self) -> None:
+        self._pending = True
+        timeout = self._timeout
+        if timeout is not None and not timeout.expired():
+            # Interrupt the wait now; cancelling recv() loses no frame (websockets documents it).
+            timeout.reschedule(asyncio.get_running_loop().time())
+
+    async def next_frame(
+        self, connection: ServerConnection, deadline: float | None, rendering: bool
+    ) -> str | bytes | None:
+        """The next frame, or ``None`` for a tick. Raises ``ConnectionClosed`` at the end."""
+        if self._pending:
+            self._pending = False
+            return None
+        if deadline is None and not rendering:
+            return await connection.recv()  # the usual case (an echo has no pacing): no timer
+        try:
+            async with asyncio.timeout_at(deadline) as self._timeout:
+                return await connection.recv()
+        except TimeoutError:
+            self._pending = False
+            return None
+        finally:
+            self._timeout = None
 
 
 async def serve_forever(

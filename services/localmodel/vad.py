@@ -79,17 +79,22 @@ class EnergyVad:
 
     def feed(self, frame: Int16Array, start_ms: float, duration_ms: float) -> list[VadEvent]:
         """Classify one frame that covers ``[start_ms, start_ms + duration_ms)``."""
-        events: list[VadEvent] = []
+        event = self.feed_rms(rms_fraction(frame), start_ms, duration_ms)
+        return [] if event is None else [event]
+
+    def feed_rms(self, rms: float, start_ms: float, duration_ms: float) -> VadEvent | None:
+        """:meth:`feed` for a frame whose :func:`rms_fraction` is known (the input buffer
+        computes it from wire bytes, see energy.py). A frame makes at most one event."""
         end_ms = start_ms + duration_ms
-        if rms_fraction(frame) >= self.level:
+        if rms >= self.level:
+            self._last_speech_end_ms = end_ms
             if not self.in_speech:
                 self.in_speech = True
-                events.append(SpeechStarted(int(max(0.0, start_ms - self.prefix_padding_ms))))
-            self._last_speech_end_ms = end_ms
+                return SpeechStarted(int(max(0.0, start_ms - self.prefix_padding_ms)))
         elif self.in_speech and end_ms - self._last_speech_end_ms >= self.silence_duration_ms:
             self.in_speech = False
-            events.append(SpeechStopped(int(self._last_speech_end_ms + self.silence_duration_ms)))
-        return events
+            return SpeechStopped(int(self._last_speech_end_ms + self.silence_duration_ms))
+        return None
 
 
 def vad_from_turn_detection(turn_detection: dict[str, Any] | None) -> EnergyVad | None:
