@@ -39,6 +39,38 @@ def _rss(procs: list[psutil.Process]) -> int:
     return sum(p.memory_info().rss for p in procs)
 
 
+def _clear_buckets(port: int) -> dict[float, float]:
+    """Cumulative bucket counts of callray_barge_in_clear_seconds from the gateway's /metrics."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("callray_barge_in_clear_seconds_bucket{"):
+            labels, value = line.rsplit(" ", 1)
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + float(value)
+    return buckets
+
+
+def _clear_summary(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """Session-side barge-in: from the session reacting to speech_started to the ingress
+    sending clear (the issue's "clear ≤ 10 ms after speech_started reaches the session")."""
+    delta = {b: after.get(b, 0.0) - before.get(b, 0.0) for b in after}
+    count = delta.get(float("inf"), 0.0)
+    if count == 0:
+        return {"count": 0}
+    p99_bound = next(b for b in sorted(delta) if delta[b] >= 0.99 * count)
+    return {
+        "count": int(count),
+        "within_10ms": round(delta.get(0.01, 0.0) / count, 4),
+        "p99_at_most_ms": None if p99_bound == float("inf") else p99_bound * 1000,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--loads", default="25,50,100,200")
@@ -84,6 +116,7 @@ def main() -> None:
         for load in [int(x) for x in args.loads.split(",")]:
             time.sleep(2.0)
             cpu0, rss0 = _cpu_s(own), _rss(own)
+            clears0 = _clear_buckets(port)
             others0 = {name: _cpu_s(procs) for name, procs in others.items()}
             wall0 = time.monotonic()
             options = LoadOptions(
@@ -106,6 +139,7 @@ def main() -> None:
 
             report = aio.run(run()).to_dict()
             cpu = _cpu_s(own) - cpu0
+            session_clear = _clear_summary(clears0, _clear_buckets(port))
             wall = time.monotonic() - wall0
             # Where the two cores went: callray's own processes vs what shares the box with it.
             cores = {"callray (ingress + session host)": round(cpu / wall, 3)}
@@ -119,6 +153,7 @@ def main() -> None:
                 "frames": report["frames"],
                 "added_latency_ms": report["echo_latency_ms"],
                 "barge_in": report["barge_in"],
+                "session_clear": session_clear,
                 "setup_ms": report["setup_ms"],
                 "loadgen_max_tick_lag_ms": report["loadgen"]["max_tick_lag_ms"],
                 "cpu_s_per_call_minute": round(cpu / call_minutes, 4),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -32,7 +33,14 @@ from services.gateway.twilio_bridge import (
 )
 from services.gateway.twilio_rest import TwilioCallControl
 from services.observability import metrics
-from services.runtime.commands import CallerHungUp, CallSpec, Command, Hangup, Transfer
+from services.runtime.commands import (
+    CallerHungUp,
+    CallSpec,
+    ClearPlayback,
+    Command,
+    Hangup,
+    Transfer,
+)
 from services.runtime.placement import Rejected
 from services.telephony.g711 import ulaw_encode
 from services.telephony.stream_tokens import StreamTokens
@@ -300,6 +308,9 @@ class Gateway:
         frames, close_reason, to_session = call.bridge.on_command(command)
         for frame in frames:
             call.out.put_nowait(frame)
+        if isinstance(command, ClearPlayback) and frames and command.speech_at > 0:
+            # Queued ahead of nothing else the writer holds for this call: it leaves next.
+            metrics.barge_in_clear("twilio", max(0.0, time.time() - command.speech_at))
         if to_session is not None and call.link is not None:
             call.link.send(command.call_id, to_session)
         if close_reason is not None:

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
 from services.errors import TransportError
+from services.observability import metrics
 from services.runtime.commands import CallInput, Command
 from services.runtime.media_channel import decode_commands, encode_inputs
 
@@ -56,7 +58,10 @@ class ChannelHostPort:
         except Exception as exc:
             self._ws = None
             raise TransportError(f"media channel lost: {exc}") from exc
-        return decode_commands(message)
+        sent_at, commands = decode_commands(message)
+        # Same machine: wall clocks agree; across machines this includes their skew.
+        metrics.media_hop("out", max(0.0, time.time() - sent_at))
+        return commands
 
     async def close(self) -> None:
         if self._ws is not None:

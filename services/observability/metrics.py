@@ -106,6 +106,14 @@ MEDIA_HOP_SECONDS = Histogram(
 )
 
 
+BARGE_IN_CLEAR_SECONDS = Histogram(
+    "callray_barge_in_clear_seconds",
+    "From the session reacting to the caller's speech to the ingress sending clear",
+    ["transport"],
+    buckets=_FAST,
+)
+
+
 # --- verbs ---------------------------------------------------------------------------------
 
 
@@ -174,6 +182,10 @@ def tool_reclaimed(count: int = 1) -> None:
 
 def media_frames(direction: str, count: int) -> None:
     _media_frames(direction).inc(count)
+
+
+def barge_in_clear(transport: str, seconds: float) -> None:
+    BARGE_IN_CLEAR_SECONDS.labels(transport).observe(seconds)
 
 
 def media_hop(direction: str, seconds: float) -> None:

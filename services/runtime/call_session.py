@@ -231,7 +231,7 @@ class CallSession(CallControl):
         self._out(AudioDone(self.call_id, item_id))
 
     def _on_interrupted(self, _agent: RealtimeAgent) -> None:
-        self._out(ClearPlayback(self.call_id))
+        self._out(ClearPlayback(self.call_id, time.time()))
         self._events.emit("interrupted", self.call_id)
         if self.transport.interruption_pending:
             if self._cut_timer is not None:

@@ -89,6 +89,9 @@ class ClearPlayback:
     """Drop audio queued for the caller at once (barge-in)."""
 
     call_id: str
+    # Wall-clock time the session reacted to the caller's speech: the ingress measures how long
+    # the clear took to go out (callray_barge_in_clear_seconds). Not part of its identity.
+    speech_at: float = dataclasses.field(default=0.0, compare=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -11,13 +11,15 @@ batches ``[sent_at, [item, ...]]`` where an item is ``["m", call_id, audio]``,
 ``["p", call_id, item_id, content_index, ms]`` (played), ``["t", call_id, [[item_id,
 content_index, ms], ...]]`` (playback cut at a barge-in), ``["d", call_id, digit]`` or
 ``["h", call_id, reason]`` (caller hung up).
-Host → ingress: lists of commands ``["a", call_id, audio, item_id, content_index]``,
-``["e", call_id, item_id, content_index]``, ``["c", call_id]``, ``["H", call_id, reason]``,
+Host → ingress: ``[sent_at, [command, ...]]`` where a command is
+``["a", call_id, audio, item_id, content_index]``, ``["e", call_id, item_id, content_index]``,
+``["c", call_id, speech_at]``, ``["H", call_id, reason]``,
 ``["T", call_id, target]``, ``["E", call_id, reason]``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,7 +84,7 @@ def decode_inputs(message: bytes) -> tuple[float, list[tuple[str, bytes | CallIn
         raise ProtocolError(f"malformed media channel message: {exc}") from None
 
 
-def encode_commands(commands: Sequence[Command]) -> bytes:
+def encode_commands(sent_at: float, commands: Sequence[Command]) -> bytes:
     items: list[list[Any]] = []
     for c in commands:
         if isinstance(c, PlayAudio):
@@ -90,27 +92,28 @@ def encode_commands(commands: Sequence[Command]) -> bytes:
         elif isinstance(c, AudioDone):
             items.append(["e", c.call_id, c.item_id, c.content_index])
         elif isinstance(c, ClearPlayback):
-            items.append(["c", c.call_id])
+            items.append(["c", c.call_id, c.speech_at])
         elif isinstance(c, Hangup):
             items.append(["H", c.call_id, c.reason])
         elif isinstance(c, Transfer):
             items.append(["T", c.call_id, c.target])
         else:
             items.append(["E", c.call_id, c.reason])
-    return bytes(msgpack.packb(items, use_bin_type=True))
+    return bytes(msgpack.packb([sent_at, items], use_bin_type=True))
 
 
-def decode_commands(message: bytes) -> list[Command]:
+def decode_commands(message: bytes) -> tuple[float, list[Command]]:
     try:
         out: list[Command] = []
-        for item in msgpack.unpackb(message, raw=False):
+        sent_at, items = msgpack.unpackb(message, raw=False)
+        for item in items:
             kind, call_id = item[0], str(item[1])
             if kind == "a":
                 out.append(PlayAudio(call_id, bytes(item[2]), str(item[3]), int(item[4])))
             elif kind == "e":
                 out.append(AudioDone(call_id, str(item[2]), int(item[3])))
             elif kind == "c":
-                out.append(ClearPlayback(call_id))
+                out.append(ClearPlayback(call_id, float(item[2])))
             elif kind == "H":
                 out.append(Hangup(call_id, str(item[2])))
             elif kind == "T":
@@ -119,7 +122,7 @@ def decode_commands(message: bytes) -> list[Command]:
                 out.append(CallEnded(call_id, str(item[2])))
             else:
                 raise ProtocolError(f"unknown media channel command {kind!r}")
-        return out
+        return float(sent_at), out
     except ProtocolError:
         raise
     except Exception as exc:
@@ -188,7 +191,7 @@ class MediaChannelServer:
                     await asyncio.sleep(wait)
                     commands += self._host.take_output(ingress_id)
                 last = loop.time()
-                await ws.send(encode_commands(commands))
+                await ws.send(encode_commands(time.time(), commands))
 
         sender = asyncio.create_task(send_commands())
         try:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 import redis
@@ -26,6 +27,7 @@ from services.localmodel.server import LocalModelServer
 from services.telephony.g711 import ulaw_encode
 from services.toolbus.streams import CALL_EVENTS_STREAM
 from tests.conftest import TIMEOUT_FACTOR
+from tests.ray.scrape import parse_samples
 from tests.twilio_caller import TwilioCaller
 from tests.wire import WireValidator
 
@@ -113,6 +115,11 @@ async def test_greeting_then_barge_in_clears_and_truncates_at_acknowledged_playb
         item = truncates[0]["item_id"]
         heard = caller.acked_at_clear.get(item, 0)
         assert abs(truncates[0]["audio_end_ms"] - heard) <= 20, (truncates, caller.acked_at_clear)
+        # The node's metrics show how long the clear took and the host → ingress hop.
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
+            text = await response.text()
+        assert parse_samples(text).get("callray_barge_in_clear_seconds_count", 0) >= 1, text
+        assert 'callray_media_hop_seconds_count{direction="out"}' in text
     finally:
         await caller.hang_up()
 

@@ -45,12 +45,15 @@ def test_commands_round_trip_in_order() -> None:
     commands = [
         PlayAudio("c1", b"\x7f" * 160, "item_1", 0),
         AudioDone("c1", "item_1", 0),
-        ClearPlayback("c2"),
+        ClearPlayback("c2", 1234.25),
         Hangup("c1", "agent_hangup"),
         Transfer("c2", "queue:billing"),
         CallEnded("c1", "agent_hangup"),
     ]
-    assert decode_commands(encode_commands(commands)) == commands
+    sent_at, decoded = decode_commands(encode_commands(99.5, commands))
+    assert sent_at == 99.5 and decoded == commands
+    clear = decoded[2]
+    assert isinstance(clear, ClearPlayback) and clear.speech_at == 1234.25  # not compared by ==
 
 
 @pytest.mark.parametrize(
