@@ -37,6 +37,7 @@ class TwilioCaller:
         self._ws: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self.to_send: asyncio.Queue[bytes] = asyncio.Queue()
+        self._hold = False  # playback paused until the next clear (see speak)
         self.events: list[dict[str, Any]] = []
 
     async def dial(self, **form: str) -> str:
@@ -95,6 +96,7 @@ class TwilioCaller:
                     self._buffer.append(msg["mark"]["name"])
                 elif msg["event"] == "clear":
                     self.clears += 1
+                    self._hold = False
                     # What had really been heard; the echoes below only mean "discarded".
                     self.acked_at_clear = dict(self.acked)
                     marks = [m for m in self._buffer if isinstance(m, str)]
@@ -136,7 +138,9 @@ class TwilioCaller:
             except websockets.ConnectionClosed:
                 return
             budget = 160
-            while self._buffer and (budget > 0 or isinstance(self._buffer[0], str)):
+            while (
+                not self._hold and self._buffer and (budget > 0 or isinstance(self._buffer[0], str))
+            ):
                 head = self._buffer[0]
                 if isinstance(head, str):
                     self._buffer.popleft()
@@ -152,7 +156,13 @@ class TwilioCaller:
             next_at += 0.02
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 
-    def speak(self, audio: bytes) -> None:
+    def speak(self, audio: bytes, *, hold_playback: bool = False) -> None:
+        """Send ``audio`` as the caller's next media. ``hold_playback`` pauses playback (and so
+        mark echoes) from the first of these frames until the clear: the acknowledged point then
+        stands still while the barge-in travels, so a test can compare the truncate with it
+        exactly. (Marks echoed before the speech are ahead of it on the same socket, so the
+        gateway has them all before the model can hear the speech.)"""
+        self._hold = hold_playback
         for at in range(0, len(audio) - 159, 160):
             self.to_send.put_nowait(audio[at : at + 160])
 

@@ -104,9 +104,8 @@ async def test_greeting_then_barge_in_clears_and_truncates_at_acknowledged_playb
     try:
         await until(lambda: caller.received_audio >= 8 * 800, "the greeting")
         await until(lambda: sum(caller.acked.values()) >= 300, "some acknowledged playback")
-        caller.speak(tone(600))
+        caller.speak(tone(600), hold_playback=True)
         await until(lambda: caller.clears >= 1, "the clear")
-        truncates = [e for e in wire.client_log if e["type"] == "conversation.item.truncate"]
         await until(
             lambda: any(e["type"] == "conversation.item.truncate" for e in wire.client_log),
             "the truncate",
@@ -114,7 +113,8 @@ async def test_greeting_then_barge_in_clears_and_truncates_at_acknowledged_playb
         truncates = [e for e in wire.client_log if e["type"] == "conversation.item.truncate"]
         item = truncates[0]["item_id"]
         heard = caller.acked_at_clear.get(item, 0)
-        assert abs(truncates[0]["audio_end_ms"] - heard) <= 20, (truncates, caller.acked_at_clear)
+        # Exactly what the caller acknowledged (the issue allows 20 ms; nothing is estimated).
+        assert heard >= 300 and truncates[0]["audio_end_ms"] == heard, (truncates, heard)
         # The node's metrics show how long the clear took and the host → ingress hop.
         async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
             text = await response.text()
