@@ -26,6 +26,8 @@ from services.runtime.commands import CallInput, Command
 
 logger = logging.getLogger(__name__)
 
+RETRY_LIMIT = 20  # failed feeds in a row (with retry_s between) before control inputs are dropped
+
 
 class HostPort(Protocol):
     async def feed(self, batch: Sequence[tuple[str, bytes | CallInput]], sent_at: float) -> Any: ...
@@ -42,12 +44,15 @@ class HostLink:
         dispatch: Callable[[Command], None],
         poll_s: float = 0.05,
         min_interval_s: float = 0.002,
+        retry_s: float = 0.5,
     ) -> None:
         self._port = port
         self._ingress_id = ingress_id
         self._dispatch = dispatch
         self._poll_s = poll_s
         self._min_interval_s = min_interval_s
+        self._retry_s = retry_s
+        self._failures = 0
         # Media and control inputs share one ordered queue: a mark acknowledgement per 20 ms frame
         # must not become an actor call of its own (profiled: a third of the ingress's CPU).
         self._frames: list[tuple[str, bytes | CallInput]] = []
@@ -91,8 +96,24 @@ class HostLink:
             try:
                 await self._port.feed(batch, time.time())
                 self.batches += 1
+                self._failures = 0
             except CallrayError:
-                logger.warning("session host did not take %d frames", len(batch))
+                self._failures += 1
+                # Audio is only worth its moment: drop it. Control inputs (marks heard, DTMF,
+                # hang-ups) change the call's state and go first in the next batch, so a hang-up
+                # is not lost to a reconnect; after RETRY_LIMIT failures in a row the host is
+                # taken for gone (the router reports its calls ended) and they are dropped too.
+                controls = [item for item in batch if not isinstance(item[1], bytes)]
+                if controls and self._failures < RETRY_LIMIT:
+                    self._frames[:0] = controls
+                    self._have_frames.set()
+                logger.warning(
+                    "session host did not take %d frames (%d control inputs %s)",
+                    len(batch),
+                    len(controls),
+                    "kept for the next batch" if self._failures < RETRY_LIMIT else "dropped",
+                )
+                await asyncio.sleep(self._retry_s)  # do not spin against a host that is gone
 
     async def _pull_loop(self) -> None:
         while True:
