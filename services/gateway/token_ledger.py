@@ -18,13 +18,10 @@ import time
 from typing import Final, Protocol
 from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from services.errors import TransportError
+from services.toolbus.redis_client import connect
 
 __all__ = ["KEY_PREFIX", "RedisTokenLedger", "TokenLedger"]
 
@@ -46,19 +43,8 @@ class RedisTokenLedger:
     def __init__(
         self, redis_url: str, *, timeout_s: float = 2.0, max_connections: int = 16
     ) -> None:
-        # A call start waits on this answer, so every wait is bounded: connecting, reading and
-        # queueing for a pooled connection. One immediate retry, on connection errors only,
-        # replaces a pooled connection that Redis closed (restart, idle timeout). Timeouts are not
-        # retried: the SET may have landed, and a retry would then refuse our own first use.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            redis_url,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            socket_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
-        self._redis = aioredis.Redis.from_pool(pool)
+        # A call start waits on this answer, so every wait is bounded.
+        self._redis = connect(redis_url, max_connections=max_connections, timeout_s=timeout_s)
         # The URL may carry a password: keep only where it points (STYLE.md, secrets).
         parts = urlsplit(redis_url)
         self._where = f"{parts.hostname or parts.path}:{parts.port or ''}".rstrip(":")

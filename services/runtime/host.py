@@ -202,9 +202,7 @@ class CallHost:
                 return []
             if coalesce_s > 0:
                 await asyncio.sleep(coalesce_s)
-        out = list(queue)
-        queue.clear()
-        return out
+        return self.take_output(ingress_id)
 
     def take_output(self, ingress_id: str = "") -> list[Command]:
         """Every command for ``ingress_id``'s calls waiting now, without waiting."""

@@ -48,6 +48,7 @@ __all__ = [
     "StreamStarted",
     "StreamStopped",
     "UnknownStreamEvent",
+    "counter_value",
     "load_json_object",
 ]
 
@@ -224,6 +225,15 @@ def load_json_object(message: str | bytes, *, max_bytes: int, provider: str) -> 
     return data
 
 
+def counter_value(value: object) -> int | None:
+    """``value`` as a counter (a decimal string or a non-negative integer), else None."""
+    if isinstance(value, str) and value.isascii() and value.isdecimal():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
 class JsonFields:
     """Typed reads from one JSON object; every problem is raised with the field's JSON path."""
 
@@ -263,12 +273,10 @@ class JsonFields:
         """A non-negative integer that providers send as a decimal string ("5") or a number."""
         if key not in self._obj:
             return None
-        value = self._obj[key]
-        if isinstance(value, str) and value.isascii() and value.isdecimal():
-            return int(value)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-        self._wrong_type(key, "a non-negative integer or decimal string", value)
+        value = counter_value(self._obj[key])
+        if value is None:
+            self._wrong_type(key, "a non-negative integer or decimal string", self._obj[key])
+        return value
 
     def text_list(self, key: str) -> tuple[str, ...]:
         value = self._require(key)

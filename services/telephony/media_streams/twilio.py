@@ -33,6 +33,7 @@ from services.telephony.media_streams.base import (
     StreamStarted,
     StreamStopped,
     UnknownStreamEvent,
+    counter_value,
     load_json_object,
 )
 
@@ -58,15 +59,6 @@ def _dumps(message: dict[str, Any]) -> str:
 _quote: Final[Callable[[str], str]] = json.encoder.encode_basestring_ascii
 
 
-def _counter(value: object) -> int | None:
-    """JsonFields.optional_counter's accepted values, or None for anything else."""
-    if type(value) is str and value.isascii() and value.isdecimal():
-        return int(value)
-    if type(value) is int and value >= 0:
-        return value
-    return None
-
-
 def _fast_media(media: object) -> MediaReceived | None:
     """A well-formed ``media`` object as an event, or None to let the checked path decide."""
     if type(media) is not dict:
@@ -76,9 +68,9 @@ def _fast_media(media: object) -> MediaReceived | None:
     if type(payload) is not str or type(track) is not str:
         return None
     timestamp = chunk = None
-    if "timestamp" in media and (timestamp := _counter(media["timestamp"])) is None:
+    if "timestamp" in media and (timestamp := counter_value(media["timestamp"])) is None:
         return None
-    if "chunk" in media and (chunk := _counter(media["chunk"])) is None:
+    if "chunk" in media and (chunk := counter_value(media["chunk"])) is None:
         return None
     try:
         audio = base64.b64decode(payload, validate=True)
