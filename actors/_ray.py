@@ -119,6 +119,11 @@ def submit(handle: Any, method: str, *args: Any) -> Any:
     return getattr(handle, method).remote(*args)
 
 
+def actor_key(handle: Any) -> str:
+    """A stable key for the actor behind ``handle`` (handles to one actor compare unequal)."""
+    return str(handle._actor_id.hex())
+
+
 def own_pid() -> int:
     return os.getpid()
 

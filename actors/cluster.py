@@ -14,8 +14,8 @@ from actors.ingress import IngressActor
 from actors.router import RouterActor
 from actors.session_host import SessionHostActor
 from actors.tool_executor import ToolExecutorActor
-from services.config import GatewaySettings, ModelSettings, RuntimeSettings
-from services.runtime.commands import CallSpec
+from services.config import GatewaySettings, MediaSettings, ModelSettings, RuntimeSettings
+from services.media.vocabulary import CallSpec
 from services.runtime.placement import Rejected
 from services.runtime.router import Opened
 
@@ -34,8 +34,12 @@ class Cluster:
     # Ingresses claim stream tokens here, so a token is single-use across all of them.
     redis_url: str | None = None
 
-    def add_ingress(self, ingress_id: str, settings: GatewaySettings) -> int:
-        handle = _ray.start_actor(IngressActor, ingress_id, settings, redis_url=self.redis_url)
+    def add_ingress(
+        self, ingress_id: str, settings: GatewaySettings, media: MediaSettings | None = None
+    ) -> int:
+        handle = _ray.start_actor(
+            IngressActor, ingress_id, settings, redis_url=self.redis_url, media=media
+        )
         port = int(_ray.call_sync(handle, "start", timeout=60.0))
         self.ingresses.append(handle)
         self.ingress_ports.append(port)
@@ -68,6 +72,7 @@ class Cluster:
             capacity=settings.host_capacity,
             tool_timeout_s=settings.tool_timeout_s,
             events_maxlen=settings.events_maxlen,
+            media=settings.media,
         )
         self.host_pids[host_id] = _ray.call_sync(handle, "start", timeout=60.0)
         self.hosts[host_id] = handle

@@ -9,9 +9,8 @@ import secrets
 from aiohttp import web
 
 from actors import _ray
-from services.config import GatewaySettings
+from services.config import GatewaySettings, MediaSettings
 from services.gateway.app import Gateway
-from services.gateway.channel_port import ChannelHostPort
 from services.gateway.token_ledger import RedisTokenLedger
 from services.telephony.stream_tokens import StreamTokens
 
@@ -20,7 +19,12 @@ logger = logging.getLogger(__name__)
 
 class IngressActor:
     def __init__(
-        self, ingress_id: str, settings: GatewaySettings, *, redis_url: str | None = None
+        self,
+        ingress_id: str,
+        settings: GatewaySettings,
+        *,
+        redis_url: str | None = None,
+        media: MediaSettings | None = None,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
         secret = settings.stream_secret.value.encode() or secrets.token_bytes(32)
@@ -31,11 +35,10 @@ class IngressActor:
             ingress_id=ingress_id,
             settings=settings,
             router=_ray.RouterPort(_ray.get_router()),
-            host_port=lambda handle: ChannelHostPort(
-                lambda: _ray.call(handle, "channel"), ingress_id=ingress_id
-            ),
+            locate_channel=lambda handle: lambda: _ray.call(handle, "channel"),
             tokens=StreamTokens(secret, settings.stream_token_ttl_s),
             ledger=self._ledger,
+            media=media,
         )
         self._settings = settings
         self._runner: web.AppRunner | None = None

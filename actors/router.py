@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from actors import _ray
-from services.runtime.commands import CallSpec
+from services.media.vocabulary import CallSpec
 from services.runtime.events import BufferedEventSink
 from services.runtime.placement import Rejected
 from services.runtime.router import Opened, RouterCore

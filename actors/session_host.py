@@ -8,16 +8,14 @@ writer, and registers itself with the router when started.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
 
 from actors import _ray
 from services.agents.registry import load_agents
-from services.config import ModelSettings
-from services.runtime.commands import CallInput, CallSpec, Command
+from services.config import MediaSettings, ModelSettings
+from services.media.channel_server import MediaChannelServer
+from services.media.vocabulary import CallSpec
 from services.runtime.events import BufferedEventSink
-from services.runtime.host import CallHost, HostStats
-from services.runtime.media_channel import MediaChannelServer
+from services.runtime.host import CallHost
 from services.toolbus.call_events import CallEventLog
 from services.toolbus.redis_client import connect as connect_redis
 from services.toolbus.runner import RedisToolRunner
@@ -37,7 +35,9 @@ class SessionHostActor:
         capacity: int,
         tool_timeout_s: float = 30.0,
         events_maxlen: int = 100_000,
+        media: MediaSettings | None = None,
     ) -> None:
+        media = media or MediaSettings()
         logging.basicConfig(level=logging.INFO)
         self.host_id = host_id
         self._capacity = capacity
@@ -54,9 +54,12 @@ class SessionHostActor:
             events=self._events,
             capacity=capacity,
             on_call_end=self._call_ended,
+            append_ms=media.append_ms,
         )
         # Media to and from ingresses streams over this socket, not actor calls.
-        self._channel = MediaChannelServer(self.host, bind=_ray.node_ip())
+        self._channel = MediaChannelServer(
+            self.host, bind=_ray.node_ip(), interval_s=media.channel_interval_ms / 1000
+        )
 
     async def start(self, register: bool = True) -> int:
         """Start the tool-result reader and event writer, then join the router."""
@@ -84,26 +87,6 @@ class SessionHostActor:
     async def open_call(self, spec: CallSpec) -> float:
         return await self.host.open_call(spec)
 
-    def feed(
-        self, batch: Sequence[tuple[str, bytes | CallInput]], sent_at: float | None = None
-    ) -> int:
-        return self.host.feed(batch, sent_at)
-
-    def send(self, call_id: str, message: CallInput) -> bool:
-        return self.host.send(call_id, message)
-
-    def hang_up(self, call_id: str) -> bool:
-        return self.host.hang_up(call_id)
-
-    async def pull_output(self, max_wait_s: float = 0.02, ingress_id: str = "") -> list[Command]:
-        return await self.host.pull_output(max_wait_s, ingress_id)
-
-    async def close_call(self, call_id: str, reason: str = "closed") -> bool:
-        return await self.host.close_call(call_id, reason)
-
-    def stats(self) -> HostStats:
-        return self.host.stats()
-
     async def shutdown(self) -> None:
         """End every call here and flush events (a drained host has none left)."""
         await self.host.close_all("host_shutdown")
@@ -114,6 +97,3 @@ class SessionHostActor:
 
     def pid(self) -> int:
         return _ray.own_pid()
-
-    def info(self) -> dict[str, Any]:
-        return {"host_id": self.host_id, "pid": _ray.own_pid(), "calls": len(self.host.calls)}

@@ -106,10 +106,11 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from actors import _ray
     from actors.cluster import start_cluster
+    from actors.driver_ingress import DriverIngress
     from services.config import ModelSettings, RuntimeSettings, Secret
     from services.embedded.model_process import ModelProcess
     from services.embedded.redis_server import EmbeddedRedis
-    from services.runtime.commands import CallSpec
+    from services.media.vocabulary import CallerHungUp, CallSpec
     from services.runtime.router import Opened
 
     scratch = Path(tempfile.mkdtemp(prefix="callray-bench-"))
@@ -158,8 +159,9 @@ def main() -> None:
             "per_call_mb": round(per_call / 2**20, 3),
         }
         print(json.dumps(result["memory_per_call"]), flush=True)
+        ingress = DriverIngress()  # plays the ingress of these calls over the media channel
         for n in range(args.idle_calls):
-            _ray.call_sync(host, "hang_up", f"idle-{n}")
+            ingress.send(host, f"idle-{n}", CallerHungUp())
         deadline = time.monotonic() + 30
         while cluster.status()["calls"] and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -170,7 +172,8 @@ def main() -> None:
             opened = cluster.open_call(CallSpec(f"open-{n}", agent="bench", greet=False))
             opens.append(time.perf_counter() - begin)
             assert isinstance(opened, Opened), opened
-            _ray.call_sync(host, "hang_up", f"open-{n}")
+            ingress.send(host, f"open-{n}", CallerHungUp())
+        ingress.close()
         result["call_open"] = summary_ms(opens)
         print(json.dumps(result["call_open"]), flush=True)
         cluster.stop()

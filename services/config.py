@@ -71,6 +71,22 @@ class LocalModelSettings:
 
 
 @dataclass(frozen=True)
+class MediaSettings:
+    """How many messages a call's audio costs on each leg (bench/README.md, "Messages per
+    call-second"): every message is a wake-up and a system call on both ends, so fewer, larger
+    ones are the main lever on CPU per call. Defaults chosen by measurement (bench/calls.py)."""
+
+    # Caller audio gathered per input_audio_buffer.append to the model (a multiple of 20 ms).
+    append_ms: int = 20
+    # Most model audio per media message to the caller, each followed by one mark; a barge-in
+    # truncates at the last acknowledged mark, so this is also the truncation's resolution.
+    chunk_ms: int = 20
+    # Media-channel messages between an ingress and a host leave at most this often per
+    # direction; what arrives meanwhile rides along.
+    channel_interval_ms: float = 2.0
+
+
+@dataclass(frozen=True)
 class RuntimeSettings:
     """The distributed runtime: Redis, Ray, session hosts, tool executors, admission caps."""
 
@@ -87,6 +103,7 @@ class RuntimeSettings:
     metrics_port: int = 9464
     data_dir: str = ".callray"
     health_interval_s: float = 1.0
+    media: MediaSettings = field(default_factory=MediaSettings)
 
 
 @dataclass(frozen=True)
@@ -164,6 +181,29 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     return value
 
 
+def _frame_ms(env: Mapping[str, str], name: str, default: int, maximum: int) -> int:
+    value = _int(env, name, default, 20)
+    if value % 20 or value > maximum:
+        raise ConfigError(f"{name} must be a multiple of 20 ms up to {maximum}, got {value}")
+    return value
+
+
+def load_media_settings(env: Mapping[str, str]) -> MediaSettings:
+    d = MediaSettings()
+    raw = env.get("CALLRAY_CHANNEL_INTERVAL_MS", "").strip()
+    try:
+        interval = float(raw) if raw else d.channel_interval_ms
+    except ValueError:
+        raise ConfigError(f"CALLRAY_CHANNEL_INTERVAL_MS must be a number, got {raw!r}") from None
+    if not 0 <= interval <= 100:
+        raise ConfigError(f"CALLRAY_CHANNEL_INTERVAL_MS must be 0 to 100, got {interval}")
+    return MediaSettings(
+        append_ms=_frame_ms(env, "CALLRAY_APPEND_MS", d.append_ms, 200),
+        chunk_ms=_frame_ms(env, "CALLRAY_MEDIA_CHUNK_MS", d.chunk_ms, 1000),
+        channel_interval_ms=interval,
+    )
+
+
 def load_runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
     d = RuntimeSettings()
     redis_url = env.get("REDIS_URL", "").strip() or None
@@ -184,6 +224,7 @@ def load_runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
         events_maxlen=_int(env, "CALLRAY_EVENTS_MAXLEN", d.events_maxlen, 1),
         metrics_port=_int(env, "CALLRAY_METRICS_PORT", d.metrics_port),
         data_dir=env.get("CALLRAY_DATA_DIR", "").strip() or d.data_dir,
+        media=load_media_settings(env),
     )
 
 

@@ -103,7 +103,7 @@ def run_up(settings: Settings) -> int:
             f"agent {rt.agent or 'demo'}"
         )
 
-        port = cluster.add_ingress("ingress-0", settings.gateway)
+        port = cluster.add_ingress("ingress-0", settings.gateway, rt.media)
         base = settings.gateway.public_url or f"http://{settings.gateway.host}:{port}"
         lines.append(f"twilio    POST {base}/twilio/voice  (media: /twilio/media)")
 

@@ -20,9 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from services.config import GatewaySettings
+from services.config import GatewaySettings, MediaSettings
 from services.errors import MediaStreamProtocolError, ProviderError, TransportError
-from services.gateway.host_link import HostLink, HostPort
 from services.gateway.token_ledger import TokenLedger
 from services.gateway.twilio_bridge import (
     EndStream,
@@ -32,8 +31,8 @@ from services.gateway.twilio_bridge import (
     TwilioBridge,
 )
 from services.gateway.twilio_rest import TwilioCallControl
-from services.observability import metrics
-from services.runtime.commands import (
+from services.media.channel_client import Locate, MediaChannelClient
+from services.media.vocabulary import (
     CallerHungUp,
     CallSpec,
     ClearPlayback,
@@ -41,6 +40,7 @@ from services.runtime.commands import (
     Hangup,
     Transfer,
 )
+from services.observability import metrics
 from services.runtime.placement import Rejected
 from services.telephony.g711 import ulaw_encode
 from services.telephony.stream_tokens import StreamTokens
@@ -74,7 +74,7 @@ class _Call:
     def __init__(self, ws: web.WebSocketResponse, bridge: TwilioBridge) -> None:
         self.ws = ws
         self.bridge = bridge
-        self.link: HostLink | None = None
+        self.link: MediaChannelClient | None = None
         self.out: asyncio.Queue[str | None] = asyncio.Queue()
         self.close_reason: str | None = None
         self.reader: asyncio.Task[None] | None = None
@@ -87,18 +87,20 @@ class Gateway:
         ingress_id: str,
         settings: GatewaySettings,
         router: RouterPort,
-        host_port: Callable[[Any], HostPort],
+        locate_channel: Callable[[Any], Locate],
         tokens: StreamTokens,
         ledger: TokenLedger | None = None,
+        media: MediaSettings | None = None,
     ) -> None:
         self.ingress_id = ingress_id
+        self._media = media or MediaSettings()
         self.settings = settings
         self._router = router
-        self._host_port = host_port
+        self._locate_channel = locate_channel
         self._tokens = tokens
         # None: single use is enforced per process only (one ingress, or tests without Redis).
         self._ledger = ledger
-        self._links: dict[str, HostLink] = {}
+        self._links: dict[str, MediaChannelClient] = {}
         self._control: TwilioCallControl | None = None
         if settings.twilio_account_sid and settings.twilio_auth_token:
             self._control = TwilioCallControl(
@@ -171,7 +173,7 @@ class Gateway:
     async def media(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
         await ws.prepare(request)
-        call = _Call(ws, TwilioBridge(self._tokens))
+        call = _Call(ws, TwilioBridge(self._tokens, chunk_ms=self._media.chunk_ms))
         call.reader = asyncio.create_task(self._read(call))
         writer = asyncio.create_task(self._write(call))
         try:
@@ -217,7 +219,7 @@ class Gateway:
             for action in actions:
                 if isinstance(action, ForwardMedia):
                     if call.link is not None and call.bridge.call_id is not None:
-                        call.link.add_frame(call.bridge.call_id, action.payload)
+                        call.link.send(call.bridge.call_id, action.payload)
                 elif isinstance(action, ToSession):
                     if call.link is not None and call.bridge.call_id is not None:
                         call.link.send(call.bridge.call_id, action.message)
@@ -250,8 +252,11 @@ class Gateway:
             return False
         link = self._links.get(result.host_id)
         if link is None:
-            link = HostLink(
-                self._host_port(result.host), ingress_id=self.ingress_id, dispatch=self._dispatch
+            link = MediaChannelClient(
+                self._locate_channel(result.host),
+                ingress_id=self.ingress_id,
+                dispatch=self._dispatch,
+                interval_s=self._media.channel_interval_ms / 1000,
             )
             link.start()
             self._links[result.host_id] = link

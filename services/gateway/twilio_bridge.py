@@ -14,7 +14,7 @@ import dataclasses
 import logging
 
 from services.errors import MediaStreamProtocolError
-from services.runtime.commands import (
+from services.media.vocabulary import (
     AudioDone,
     CallEnded,
     CallInput,
@@ -73,10 +73,10 @@ Action = OpenCall | ForwardMedia | ToSession | EndStream
 
 
 class TwilioBridge:
-    def __init__(self, tokens: StreamTokens | None) -> None:
+    def __init__(self, tokens: StreamTokens | None, *, chunk_ms: int = 20) -> None:
         self.serializer = TwilioSerializer()
         # No slack: the session truncates at what marks acknowledged, nothing guessed on top.
-        self.playback = TwilioPlayback(truncate_slack_ms=0)
+        self.playback = TwilioPlayback(truncate_slack_ms=0, chunk_ms=chunk_ms)
         self._tokens = tokens
         self.call_id: str | None = None
         self.stream_id: str | None = None

@@ -98,6 +98,12 @@ MEDIA_FRAMES = Counter(
     "Media frames, by direction (in: caller, out: model)",
     ["direction"],
 )
+MEDIA_DROPPED = Counter(
+    "callray_media_dropped_total",
+    "Audio items dropped by media-channel backpressure (oldest first; never control), by"
+    " direction (in: caller audio at the ingress, out: model audio at the host)",
+    ["direction"],
+)
 MEDIA_HOP_SECONDS = Histogram(
     "callray_media_hop_seconds",
     "Delay of a media batch between ingress and session host",
@@ -182,6 +188,10 @@ def tool_reclaimed(count: int = 1) -> None:
 
 def media_frames(direction: str, count: int) -> None:
     _media_frames(direction).inc(count)
+
+
+def media_dropped(direction: str, count: int) -> None:
+    MEDIA_DROPPED.labels(direction).inc(count)
 
 
 def barge_in_clear(transport: str, seconds: float) -> None:

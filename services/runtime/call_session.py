@@ -1,9 +1,13 @@
 """``CallSession``: the per-call session actor — an asyncio actor hosted with hundreds of others
 in one session-host process.
 
-Each call has its own mailbox (an ``asyncio.Queue``), its own task draining it, and its own state:
-the :class:`RealtimeSession` with its model WebSocket, the playback tracker fed by the ingress,
-and the pending hang-up or transfer. Model output leaves as :mod:`commands` through the host's
+Each call has its own state: the :class:`RealtimeSession` with its model WebSocket, the playback
+tracker fed by the ingress, the caller audio not yet appended, and the pending hang-up or
+transfer. Inputs are handled as the host delivers them, in order and without a task switch
+(:meth:`CallSession.push`): a per-call mailbox task cost a wake-up per 20 ms frame per call.
+Caller audio is appended to the model once ``append_ms`` of it has gathered: every append is a
+WebSocket message out and, for an echoing peer, one back, and messages, not bytes, are the cost
+of the media path (bench/README.md). Model output leaves as :mod:`commands` through the host's
 ``out`` callback; call events go to the host's event sink. Nothing here touches another call, so
 one call's failure ends that call only.
 """
@@ -18,16 +22,7 @@ from typing import Any
 
 from services.agents.control import CallControl
 from services.config import ModelSettings
-from services.observability import metrics
-from services.realtime import server_events as se
-from services.realtime.agent import RealtimeAgent
-from services.realtime.audio_formats import bytes_per_ms, normalize_format
-from services.realtime.playback import PlaybackTracker
-from services.realtime.session import RealtimeSession
-from services.realtime.tools import FunctionTool, ToolCall, ToolResult, ToolRunner
-from services.realtime.transports.base import TransportAudio
-from services.realtime.transports.websocket import OpenAIRealtimeWebSocket
-from services.runtime.commands import (
+from services.media.vocabulary import (
     AudioDone,
     CallEnded,
     CallerHungUp,
@@ -42,6 +37,15 @@ from services.runtime.commands import (
     Played,
     Transfer,
 )
+from services.observability import metrics
+from services.realtime import server_events as se
+from services.realtime.agent import RealtimeAgent
+from services.realtime.audio_formats import bytes_per_ms, normalize_format
+from services.realtime.playback import PlaybackTracker
+from services.realtime.session import RealtimeSession
+from services.realtime.tools import FunctionTool, ToolCall, ToolResult, ToolRunner
+from services.realtime.transports.base import TransportAudio
+from services.realtime.transports.websocket import OpenAIRealtimeWebSocket
 from services.runtime.events import EventSink
 
 logger = logging.getLogger(__name__)
@@ -88,6 +92,7 @@ class CallSession(CallControl):
         events: EventSink,
         on_end: Callable[[CallSession, str], None],
         clock: Callable[[], float] = time.monotonic,
+        append_ms: int = 20,
     ) -> None:
         self.call_id = spec.call_id
         self.spec = spec
@@ -97,7 +102,10 @@ class CallSession(CallControl):
         self._events = events
         self._on_end = on_end
         self._clock = clock
-        self.tracker = PlaybackTracker(bytes_per_ms(normalize_format(spec.audio_format)))
+        per_ms = bytes_per_ms(normalize_format(spec.audio_format))
+        self.tracker = PlaybackTracker(per_ms)
+        self._append_bytes = max(1, int(append_ms * per_ms))
+        self._pending_audio = bytearray()
         # Playback is observed at the ingress, one hop away: truncations wait for its figure.
         self.transport = OpenAIRealtimeWebSocket(model=model.model, playback=self.tracker)
         self.transport.defer_truncation = True
@@ -111,8 +119,6 @@ class CallSession(CallControl):
             tool_runner=tool_runner,
             playback=self.tracker,
         )
-        self._mailbox: asyncio.Queue[bytes | CallInput] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
         self._pending_control: Command | None = None
         self._control_timer: asyncio.TimerHandle | None = None
         self._started_at = clock()
@@ -129,7 +135,6 @@ class CallSession(CallControl):
         begin = self._clock()
         await self.session.connect(api_key=self._model.api_key.value or None, url=self._model_url)
         metrics.model_connected(self._clock() - begin)
-        self._task = asyncio.create_task(self._run(), name=f"call-{self.call_id}")
         if self.spec.greet:
             self.session.transport.request_response()
         self._events.emit("call.started", self.call_id, transport=self.spec.transport)
@@ -143,8 +148,7 @@ class CallSession(CallControl):
             self._control_timer.cancel()
         if self._cut_timer is not None:
             self._cut_timer.cancel()
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
+        self._pending_audio.clear()
         try:
             await self.session.close()
         except Exception:
@@ -154,36 +158,38 @@ class CallSession(CallControl):
         self._events.emit("call.ended", self.call_id, reason=reason, duration_s=duration)
         self._on_end(self, reason)
 
-    # ----- mailbox -------------------------------------------------------------------------------
+    # ----- inputs from the ingress -----------------------------------------------------------
 
     def push_media(self, data: bytes) -> None:
-        self._mailbox.put_nowait(data)
+        """Caller audio; appended to the model once ``append_ms`` of it has gathered."""
+        if self.ended is not None or self._ending is not None:
+            return  # the call is ending: its audio has nowhere to go
+        pending = self._pending_audio
+        pending += data
+        if len(pending) >= self._append_bytes:
+            self.session.send_audio(bytes(pending))
+            pending.clear()
 
     def push(self, message: CallInput) -> None:
-        self._mailbox.put_nowait(message)
+        """A control input, handled at once (the host delivers inputs in the ingress's order)."""
+        if self.ended is not None:
+            return
+        if isinstance(message, Played):
+            self.tracker.on_play_ms(message.item_id, message.content_index, message.ms)
+        elif isinstance(message, PlaybackCut):
+            self._settle_interruption(message.heard)
+        elif isinstance(message, Dtmf):
+            self._events.emit("dtmf", self.call_id, digit=message.digit)
+            if self.session.current_agent.dtmf_to_model:
+                self.session.send_message(f"The caller pressed the key {message.digit}.")
+        elif isinstance(message, CallerHungUp):
+            self._end_soon(message.reason)
 
-    async def _run(self) -> None:
-        try:
-            while True:
-                message = await self._mailbox.get()
-                if isinstance(message, bytes):
-                    self.session.send_audio(message)
-                elif isinstance(message, Played):
-                    self.tracker.on_play_ms(message.item_id, message.content_index, message.ms)
-                elif isinstance(message, PlaybackCut):
-                    self._settle_interruption(message.heard)
-                elif isinstance(message, Dtmf):
-                    self._events.emit("dtmf", self.call_id, digit=message.digit)
-                    if self.session.current_agent.dtmf_to_model:
-                        self.session.send_message(f"The caller pressed the key {message.digit}.")
-                elif isinstance(message, CallerHungUp):
-                    await self.end(message.reason)
-                    return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("call session failed")
-            await self.end("session_error")
+    def fail(self) -> None:
+        """An input could not be handled (a bug, or a model socket gone mid-write): end this
+        call only."""
+        logger.exception("call session failed")
+        self._end_soon("session_error")
 
     # ----- CallControl (used by in-process tools) -------------------------------------------
 

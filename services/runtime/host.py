@@ -2,9 +2,9 @@
 
 A Ray actor is a whole process (~48 MiB and 0.1 to 1 s to start, reference/feasibility.md §2), so
 calls are hosted: each is an asyncio actor here, addressed by call id. Media crosses the process
-boundary in batches — :meth:`feed` takes every frame an ingress gathered in one tick for all its
-calls on this host, and :meth:`pull_output` hands back every command produced since the last pull
-— so the cost per Ray call is shared by all calls instead of paid per 20 ms frame.
+boundary on the media channel (:mod:`services.media.channel`), never as actor calls: the channel
+server hands each batch of inputs an ingress sent to :meth:`CallHost.feed`, and every command a
+call produces goes into its ingress's :meth:`CallHost.outbox`, from which the channel pushes it.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 
 from services.agents.registry import AgentRegistry
 from services.config import ModelSettings
 from services.errors import CallrayError, ConfigError
+from services.media.channel import Input, Outbox, command_outbox
+from services.media.vocabulary import CallSpec, Command
 from services.observability import metrics
 from services.realtime.tools import ToolRunner
 from services.runtime.call_session import CallSession
-from services.runtime.commands import CallerHungUp, CallInput, CallSpec, Command
 from services.runtime.events import EventSink
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,10 @@ class CallHost:
         on_call_end: Callable[[str, str], None] | None = None,
         setup_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        append_ms: int = 20,
     ) -> None:
         self.host_id = host_id
+        self._append_ms = append_ms
         self.capacity = capacity
         self._model = model
         self._model_url = model_url
@@ -71,8 +73,7 @@ class CallHost:
         self._setup_timeout = setup_timeout_s
         self._clock = clock
         self.calls: dict[str, CallSession] = {}
-        self._outputs: dict[str, deque[Command]] = {}
-        self._ready: dict[str, asyncio.Event] = {}
+        self._outboxes: dict[str, Outbox[Command]] = {}
         self._frames_in = 0
         self._unknown_frames = 0
 
@@ -90,23 +91,17 @@ class CallHost:
         except ConfigError as exc:
             metrics.call_outcome(spec.transport, "unknown_agent")
             raise CallSetupError(str(exc), reason="unknown_agent") from exc
-        queue = self._outputs.setdefault(spec.ingress_id, deque())
-        ready = self._ready.setdefault(spec.ingress_id, asyncio.Event())
-
-        def emit(command: Command) -> None:
-            queue.append(command)
-            ready.set()
-
         call = CallSession(
             spec,
             agent,
             model=self._model,
             model_url=self._model_url,
             tool_runner=self._runner,
-            out=emit,
+            out=self.outbox(spec.ingress_id).put,
             events=self._events,
             on_end=self._ended,
             clock=self._clock,
+            append_ms=self._append_ms,
         )
         self.calls[spec.call_id] = call
         try:
@@ -146,9 +141,7 @@ class CallHost:
 
     # ----- media and control in ------------------------------------------------------------------
 
-    def feed(
-        self, batch: Sequence[tuple[str, bytes | CallInput]], sent_at: float | None = None
-    ) -> int:
+    def feed(self, batch: Sequence[Input], sent_at: float | None = None) -> int:
         """Deliver a batch of caller audio and control inputs (in order); returns how many were
         for calls no longer here.
 
@@ -163,55 +156,28 @@ class CallHost:
             if call is None:
                 unknown += 1
                 continue
-            if isinstance(data, bytes):
-                frames += 1
-                call.push_media(data)
-            else:
-                call.push(data)
+            try:
+                if isinstance(data, bytes):
+                    frames += 1
+                    call.push_media(data)
+                else:
+                    call.push(data)
+            except Exception:
+                call.fail()  # this call only; the batch goes on
         self._frames_in += frames
         self._unknown_frames += unknown
         metrics.media_frames("in", frames)
         return unknown
 
-    def send(self, call_id: str, message: CallInput) -> bool:
-        call = self.calls.get(call_id)
-        if call is None:
-            return False
-        call.push(message)
-        return True
-
-    def hang_up(self, call_id: str) -> bool:
-        return self.send(call_id, CallerHungUp())
-
     # ----- commands out --------------------------------------------------------------------------
 
-    async def pull_output(
-        self, max_wait_s: float = 0.02, ingress_id: str = "", coalesce_s: float = 0.004
-    ) -> list[Command]:
-        """Every command for ``ingress_id``'s calls since its last pull; waits up to
-        ``max_wait_s`` for the first one, then ``coalesce_s`` for others to join it (each pull
-        is an actor call: batching bounds their rate under load)."""
-        queue = self._outputs.setdefault(ingress_id, deque())
-        ready = self._ready.setdefault(ingress_id, asyncio.Event())
-        if not queue:
-            ready.clear()
-            try:
-                async with asyncio.timeout(max_wait_s):
-                    await ready.wait()
-            except TimeoutError:
-                return []
-            if coalesce_s > 0:
-                await asyncio.sleep(coalesce_s)
-        return self.take_output(ingress_id)
-
-    def take_output(self, ingress_id: str = "") -> list[Command]:
-        """Every command for ``ingress_id``'s calls waiting now, without waiting."""
-        queue = self._outputs.get(ingress_id)
-        if not queue:
-            return []
-        out = list(queue)
-        queue.clear()
-        return out
+    def outbox(self, ingress_id: str) -> Outbox[Command]:
+        """Commands for ``ingress_id``'s calls, waiting for its media channel to push them."""
+        box = self._outboxes.get(ingress_id)
+        if box is None:
+            box = self._outboxes[ingress_id] = command_outbox()
+            box.on_drop = lambda n: metrics.media_dropped("out", n)
+        return box
 
     def stats(self) -> HostStats:
         return HostStats(

@@ -14,8 +14,8 @@ import logging
 from typing import Any, Protocol
 
 from services.errors import CallrayError
+from services.media.vocabulary import CallSpec
 from services.observability import metrics
-from services.runtime.commands import CallSpec
 from services.runtime.events import EventSink
 from services.runtime.placement import Placement, Rejected
 

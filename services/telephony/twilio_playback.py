@@ -1,7 +1,7 @@
 """What the caller of one Twilio call has heard of the model's audio, from Twilio ``mark`` echoes.
 
 Sans-I/O (STYLE.md, practice 1): the ingress feeds model audio, mark echoes and barge-ins in, and
-gets back what to send to Twilio, :class:`~services.runtime.commands.Played` increments for the
+gets back what to send to Twilio, :class:`~services.media.vocabulary.Played` increments for the
 session, and the truncations for ``conversation.item.truncate``. Nothing here reads a clock; time
 advances only when Twilio says audio has played.
 
@@ -14,9 +14,11 @@ audio queued before it has finished playing, or at once when a ``clear`` drops i
 
 Two differences from AJS, both deliberate:
 
-* AJS sends each model delta as one media message. We cut model audio into 20 ms frames (160 bytes
-  of 8 kHz μ-law) with a mark after each, so acknowledged playback has 20 ms resolution whatever
-  the delta size; the sub-frame tail waits for the item's next audio or its ``audio_done``.
+* AJS sends each model delta as one media message. We send the whole 20 ms frames (160 bytes of
+  8 kHz μ-law) of a delta in media messages of at most ``chunk_ms`` each, with a mark after
+  each message, so acknowledged playback has ``chunk_ms`` resolution whatever the delta size
+  (20 ms frames with a mark each were 100 messages per second per call); the sub-frame tail
+  waits for the item's next audio or its ``audio_done``.
 * AJS tells stale marks apart by remembering every name pending at a ``clear``. Our names carry the
   generation, so a mark from an older generation is recognised by its name alone.
 """
@@ -28,7 +30,7 @@ import math
 import re
 from typing import Final, Literal
 
-from services.runtime.commands import Played
+from services.media.vocabulary import Played
 
 __all__ = [
     "BYTES_PER_MS",
@@ -159,8 +161,13 @@ class _PendingMark:
 class TwilioPlayback:
     """Playback tracker for one Twilio media stream. Not thread-safe; one owner per call."""
 
-    def __init__(self, *, truncate_slack_ms: float = TRUNCATE_SLACK_MS) -> None:
+    def __init__(
+        self, *, truncate_slack_ms: float = TRUNCATE_SLACK_MS, chunk_ms: int = FRAME_MS
+    ) -> None:
+        if chunk_ms < FRAME_MS or chunk_ms % FRAME_MS:
+            raise ValueError(f"chunk_ms must be a positive multiple of {FRAME_MS}, got {chunk_ms}")
         self._slack_ms = truncate_slack_ms
+        self._chunk_bytes = chunk_ms * BYTES_PER_MS
         self._generation = 1
         self._sequence = 0
         self._items: dict[_Key, _Item] = {}  # insertion order = Twilio's playback order
@@ -190,8 +197,9 @@ class TwilioPlayback:
             item = self._items[key] = _Item(item_id, content_index)
         item.remainder += audio
         whole = len(item.remainder) - len(item.remainder) % FRAME_BYTES
-        for start in range(0, whole, FRAME_BYTES):
-            self._send(item, bytes(item.remainder[start : start + FRAME_BYTES]), out)
+        chunk = self._chunk_bytes
+        for start in range(0, whole, chunk):
+            self._send(item, bytes(item.remainder[start : min(start + chunk, whole)]), out)
         del item.remainder[:whole]
         return out
 

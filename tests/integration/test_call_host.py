@@ -13,9 +13,9 @@ import pytest
 from services.agents.registry import load_agents
 from services.config import LocalModelSettings, ModelSettings, Secret
 from services.localmodel.server import LocalModelServer
-from services.realtime.tools import InProcessToolRunner
-from services.runtime.commands import (
+from services.media.vocabulary import (
     CallEnded,
+    CallerHungUp,
     CallSpec,
     ClearPlayback,
     Hangup,
@@ -23,6 +23,7 @@ from services.runtime.commands import (
     PlaybackCut,
     Played,
 )
+from services.realtime.tools import InProcessToolRunner
 from services.runtime.events import ListEventSink
 from services.runtime.host import CallHost, CallSetupError
 from services.telephony.g711 import ulaw_encode
@@ -70,7 +71,8 @@ async def collect(host: CallHost, until: Any, what: str) -> list[Any]:
     got: list[Any] = []
     async with asyncio.timeout(10 * TIMEOUT_FACTOR):
         while not until(got):
-            got.extend(await host.pull_output(0.05))
+            await asyncio.sleep(0.02)
+            got.extend(host.outbox("").take())  # what the channel would push to ingress ""
     return got
 
 
@@ -83,10 +85,10 @@ async def test_call_greets_runs_a_tool_and_hangs_up(host: CallHost, events: List
     host.feed([("c1", speech(600)), ("c1", SILENCE)])
     async with asyncio.timeout(10 * TIMEOUT_FACTOR):
         while "tool.returned" not in events.kinds("c1"):
-            await host.pull_output(0.05)
+            await asyncio.sleep(0.02)
     returned = next(f for k, _, f in events.events if k == "tool.returned")
     assert returned["tool"] == "lookup_order" and returned["outcome"] == "ok"
-    assert host.hang_up("c1")
+    assert host.feed([("c1", CallerHungUp())]) == 0
     out = await collect(host, lambda got: any(isinstance(c, CallEnded) for c in got), "end")
     assert CallEnded("c1", "caller_hangup") in out
     assert host.calls == {}
@@ -196,8 +198,8 @@ async def test_dtmf_is_a_call_event_and_reaches_the_model_only_when_the_agent_as
     model: LocalModelServer, wire: WireValidator, to_model: bool
 ) -> None:
     from services.agents.registry import AgentRegistry
+    from services.media.vocabulary import Dtmf
     from services.realtime.agent import RealtimeAgent
-    from services.runtime.commands import Dtmf
 
     events = ListEventSink()
     agent = RealtimeAgent(name="Keys", dtmf_to_model=to_model)
@@ -210,7 +212,7 @@ async def test_dtmf_is_a_call_event_and_reaches_the_model_only_when_the_agent_as
         events=events,
     )
     await host.open_call(CallSpec("c1", greet=False))
-    assert host.send("c1", Dtmf("7"))
+    assert host.feed([("c1", Dtmf("7"))]) == 0
 
     def told() -> bool:
         return any(
@@ -225,4 +227,38 @@ async def test_dtmf_is_a_call_event_and_reaches_the_model_only_when_the_agent_as
     await asyncio.sleep(0.1)
     assert told() is to_model
     assert ("dtmf", "c1", {"digit": "7"}) in events.events
+    await host.close_all("test_end")
+
+
+async def test_caller_audio_is_appended_to_the_model_once_append_ms_has_gathered(
+    model: LocalModelServer, wire: WireValidator
+) -> None:
+    import base64
+
+    host = CallHost(
+        "h1",
+        model=MODEL,
+        model_url=model.url,
+        agents=load_agents(),
+        tool_runner=InProcessToolRunner(),
+        events=ListEventSink(),
+        append_ms=60,
+    )
+    await host.open_call(CallSpec("c1", greet=False))
+    frames = [bytes([n]) * 160 for n in range(7)]  # seven 20 ms μ-law frames, told apart
+    assert host.feed([("c1", f) for f in frames]) == 0
+
+    def appended() -> list[bytes]:
+        return [
+            base64.b64decode(e["audio"])
+            for e in wire.client_log
+            if e["type"] == "input_audio_buffer.append"
+        ]
+
+    async with asyncio.timeout(5 * TIMEOUT_FACTOR):
+        while len(appended()) < 2:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    # Two appends of 60 ms, in order; the seventh frame waits for the next two.
+    assert appended() == [b"".join(frames[0:3]), b"".join(frames[3:6])]
     await host.close_all("test_end")

@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,9 @@ from services.agents.registry import load_agents
 from services.config import GatewaySettings, LocalModelSettings, ModelSettings, Secret
 from services.gateway.app import Gateway
 from services.localmodel.server import LocalModelServer
+from services.media.channel_server import MediaChannelServer
+from services.media.vocabulary import CallSpec
 from services.realtime.tools import InProcessToolRunner
-from services.runtime.commands import CallInput, CallSpec, Command
 from services.runtime.events import ListEventSink
 from services.runtime.host import CallHost
 from services.runtime.router import RouterCore
@@ -43,16 +44,21 @@ WAIT = 15 * TIMEOUT_FACTOR
 
 
 class LocalHost:
-    """A CallHost in this process, seen through the ports the gateway and router use."""
+    """A CallHost in this process behind its real media channel, seen through the ports the
+    gateway (``locate``) and the router (``open_call``, ``ping``, ...) use."""
 
     def __init__(self, host: CallHost) -> None:
         self.host = host
+        self.channel = MediaChannelServer(host)
 
-    async def feed(self, batch: Sequence[tuple[str, bytes | CallInput]], sent_at: float) -> int:
-        return self.host.feed(batch, sent_at)
+    async def start(self) -> None:
+        await self.channel.start()
 
-    async def pull_output(self, max_wait_s: float, ingress_id: str) -> list[Command]:
-        return await self.host.pull_output(max_wait_s, ingress_id)
+    async def stop(self) -> None:
+        await self.channel.stop()
+
+    async def locate(self) -> tuple[str, str]:
+        return self.channel.url, self.channel.key
 
     async def open_call(self, spec: CallSpec) -> float:
         return await self.host.open_call(spec)
@@ -96,6 +102,7 @@ async def running_gateway(
             on_call_end=router.release,
         )
         local = LocalHost(host)
+        await local.start()
         router.register_host("h1", local, host, capacity, os.getpid())
         gw = Gateway(
             ingress_id="i1",
@@ -105,7 +112,7 @@ async def running_gateway(
                 twilio_api_base_url=api_base,
             ),
             router=router,
-            host_port=lambda handle: local,
+            locate_channel=lambda handle: local.locate,
             tokens=StreamTokens(b"0123456789abcdef0123456789abcdef", 30.0),
         )
         server = TestServer(gw.app(), host="127.0.0.1")
@@ -115,6 +122,7 @@ async def running_gateway(
         finally:
             await server.close()
             await host.close_all("test_end")
+            await local.stop()
 
 
 @pytest.fixture

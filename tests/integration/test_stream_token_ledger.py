@@ -26,8 +26,8 @@ from services.errors import TransportError
 from services.gateway.app import Gateway
 from services.gateway.token_ledger import KEY_PREFIX, RedisTokenLedger
 from services.localmodel.server import LocalModelServer
+from services.media.vocabulary import CallSpec
 from services.realtime.tools import InProcessToolRunner
-from services.runtime.commands import CallSpec
 from services.runtime.events import ListEventSink
 from services.runtime.host import CallHost
 from services.runtime.router import RouterCore
@@ -91,6 +91,8 @@ async def running_ingresses(
         )
         stack.push_async_callback(host.close_all, "test_end")
         local = LocalHost(host)
+        await local.start()
+        stack.push_async_callback(local.stop)
         core.register_host("h1", local, host, 3, os.getpid())
         router = RecordingRouter(core)
         bases = []
@@ -101,7 +103,7 @@ async def running_ingresses(
                 ingress_id=f"ingress-{n}",
                 settings=GatewaySettings(twilio_auth_token=Secret(AUTH_TOKEN)),
                 router=router,
-                host_port=lambda handle: local,
+                locate_channel=lambda handle: local.locate,
                 # Each "process" has its own tokens object: its replay memory is its own.
                 tokens=StreamTokens(SECRET, TTL_S),
                 ledger=ledger,

@@ -16,9 +16,10 @@ import redis
 
 from actors import _ray
 from actors.cluster import Cluster, start_cluster
+from actors.driver_ingress import DriverIngress
 from services.config import ModelSettings, RuntimeSettings, Secret
 from services.embedded.model_process import ModelProcess
-from services.runtime.commands import CallSpec, PlayAudio
+from services.media.vocabulary import CallerHungUp, CallSpec, PlayAudio
 from services.runtime.placement import BUSY_CLUSTER, Rejected
 from services.runtime.router import Opened
 from services.telephony.g711 import ulaw_encode
@@ -76,6 +77,14 @@ def make_cluster(
 
 
 @pytest.fixture
+def ingress() -> Iterator[DriverIngress]:
+    """The test plays the ingress of its calls (ingress id "") over the hosts' media channels."""
+    peer = DriverIngress()
+    yield peer
+    peer.close()
+
+
+@pytest.fixture
 def r(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
@@ -87,13 +96,15 @@ def open_many(cluster: Cluster, specs: list[CallSpec]) -> list[Opened | Rejected
     return _ray.wait_all(refs, timeout=WAIT)
 
 
-def hang_up_all(cluster: Cluster, opened: list[Opened]) -> None:
+def hang_up_all(cluster: Cluster, ingress: DriverIngress, opened: list[Opened]) -> None:
     for o in opened:
-        _ray.call_sync(o.host, "hang_up", o.call_id)
+        ingress.send(o.host, o.call_id, CallerHungUp())
     wait_until(lambda: cluster.status()["calls"] == 0, "every seat released")
 
 
-def test_burst_of_opens_admits_exactly_the_cap(make_cluster: Callable[..., Cluster]) -> None:
+def test_burst_of_opens_admits_exactly_the_cap(
+    make_cluster: Callable[..., Cluster], ingress: DriverIngress
+) -> None:
     cluster = make_cluster(host_capacity=100, cluster_capacity=150)
     specs = [CallSpec(f"burst-{n}", greet=False) for n in range(200)]
     results = open_many(cluster, specs)
@@ -104,11 +115,12 @@ def test_burst_of_opens_admits_exactly_the_cap(make_cluster: Callable[..., Clust
     status = cluster.status()
     assert status["calls"] == 150
     assert all(h["calls"] <= 100 for h in status["hosts"].values())
-    hang_up_all(cluster, opened)
+    hang_up_all(cluster, ingress, opened)
 
 
 def test_drained_host_gets_no_calls_and_is_released(
     make_cluster: Callable[..., Cluster],
+    ingress: DriverIngress,
 ) -> None:
     cluster = make_cluster()
     first = open_many(cluster, [CallSpec(f"d-{n}", greet=False) for n in range(4)])
@@ -123,18 +135,18 @@ def test_drained_host_gets_no_calls_and_is_released(
     assert victim in cluster.status()["hosts"]
     assert _ray.call_sync(cluster.hosts[victim], "ping") == len(on_victim)
     for o in on_victim:
-        _ray.call_sync(o.host, "hang_up", o.call_id)
+        ingress.send(o.host, o.call_id, CallerHungUp())
     wait_until(lambda: victim in cluster.status()["released"], "the release")
     assert victim not in cluster.status()["hosts"]
     with pytest.raises(_ray.ActorGone):
         _ray.call_sync(cluster.hosts[victim], "ping", timeout=5)
     del cluster.hosts[victim]
     rest = [x for x in [*first, *later] if isinstance(x, Opened) and x.host_id != victim]
-    hang_up_all(cluster, rest)
+    hang_up_all(cluster, ingress, rest)
 
 
 def test_killed_host_calls_are_reported_ended(
-    make_cluster: Callable[..., Cluster], r: redis.Redis
+    make_cluster: Callable[..., Cluster], ingress: DriverIngress, r: redis.Redis
 ) -> None:
     cluster = make_cluster()
     opened = [
@@ -156,34 +168,29 @@ def test_killed_host_calls_are_reported_ended(
     new = open_many(cluster, [CallSpec(f"k2-{n}", greet=False) for n in range(3)])
     assert all(isinstance(x, Opened) and x.host_id != victim for x in new)
     del cluster.hosts[victim]
-    hang_up_all(cluster, [o for o in opened if o.host_id != victim] + new)  # type: ignore[operator]
+    hang_up_all(cluster, ingress, [o for o in opened if o.host_id != victim] + new)  # type: ignore[operator]
 
 
-def scripted_call_with_tool(cluster: Cluster, call_id: str) -> Opened:
+def scripted_call_with_tool(cluster: Cluster, ingress: DriverIngress, call_id: str) -> Opened:
     opened = cluster.open_call(CallSpec(call_id, transport="test"))
     assert isinstance(opened, Opened), opened
-    out: list[Any] = []
+    ingress.attach(opened.host)
     wait_until(
-        lambda: (
-            bool(out.extend(_ray.call_sync(opened.host, "pull_output", 0.05)))
-            or any(isinstance(c, PlayAudio) for c in out)
-        ),
-        "the greeting",
+        lambda: any(isinstance(c, PlayAudio) for c in ingress.commands(call_id)), "the greeting"
     )
-    _ray.call_sync(
-        opened.host, "feed", [(call_id, speech(600)), (call_id, b"\xff" * 5600)], time.time()
-    )
+    ingress.send(opened.host, call_id, speech(600))
+    ingress.send(opened.host, call_id, b"\xff" * 5600)
     return opened
 
 
 def test_tool_runs_on_an_executor_and_metrics_show_everything(
-    make_cluster: Callable[..., Cluster], r: redis.Redis, metrics_dir: Path
+    make_cluster: Callable[..., Cluster], ingress: DriverIngress, r: redis.Redis, metrics_dir: Path
 ) -> None:
     cluster = make_cluster()
     short = cluster.open_call(CallSpec("short", greet=False))
     assert isinstance(short, Opened)
-    hang_up_all(cluster, [short])  # an ended call, for callray_calls_total
-    opened = scripted_call_with_tool(cluster, "tool-call-1")
+    hang_up_all(cluster, ingress, [short])  # an ended call, for callray_calls_total
+    opened = scripted_call_with_tool(cluster, ingress, "tool-call-1")
     wait_until(
         lambda: any(e["kind"] == "tool.returned" for e in events_of(r, "tool-call-1")),
         "the tool result",
@@ -213,12 +220,12 @@ def test_tool_runs_on_an_executor_and_metrics_show_everything(
         assert samples.get(name, 0) > 0, f"{name} is not positive in {sorted(samples)}"
     # Zero in a healthy run, but exported: reclaims and lag show in the executor-kill test.
     assert "callray_tool_stream_lag" in samples and "callray_tool_reclaims_total" in samples
-    _ray.call_sync(opened.host, "hang_up", "tool-call-1")
+    ingress.send(opened.host, "tool-call-1", CallerHungUp())
     wait_until(lambda: cluster.status()["calls"] == 0, "the end of the call")
 
 
 def test_tool_past_deadline_gives_timeout_and_call_goes_on(
-    make_cluster: Callable[..., Cluster], r: redis.Redis, tmp_path: Path
+    make_cluster: Callable[..., Cluster], ingress: DriverIngress, r: redis.Redis, tmp_path: Path
 ) -> None:
     scenario = tmp_path / "slow.json"
     scenario.write_text(
@@ -242,7 +249,8 @@ def test_tool_past_deadline_gives_timeout_and_call_goes_on(
         opened = cluster.open_call(CallSpec("slow-1", agent="slow"))
         assert isinstance(opened, Opened)
         time.sleep(0.3)
-        _ray.call_sync(opened.host, "feed", [("slow-1", speech(600)), ("slow-1", b"\xff" * 5600)])
+        ingress.send(opened.host, "slow-1", speech(600))
+        ingress.send(opened.host, "slow-1", b"\xff" * 5600)
         wait_until(
             lambda: any(e["kind"] == "tool.returned" for e in events_of(r, "slow-1")),
             "the timeout",
@@ -258,7 +266,7 @@ def test_tool_past_deadline_gives_timeout_and_call_goes_on(
             "the spoken timeout",
         )
         assert cluster.status()["calls"] == 1
-        _ray.call_sync(opened.host, "hang_up", "slow-1")
+        ingress.send(opened.host, "slow-1", CallerHungUp())
         wait_until(lambda: cluster.status()["calls"] == 0, "the end")
     finally:
         model.stop()

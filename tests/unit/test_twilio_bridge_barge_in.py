@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from services.gateway.twilio_bridge import ToSession, TwilioBridge
-from services.runtime.commands import ClearPlayback, PlayAudio, PlaybackCut, Played
+from services.media.vocabulary import ClearPlayback, PlayAudio, PlaybackCut, Played
 
 CALL = "CA" + "1" * 32
 STREAM = "MZ" + "2" * 32

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from services.runtime.commands import Played
+from services.media.vocabulary import Played
 from services.telephony.twilio_playback import (
     FRAME_BYTES,
     Interruption,
@@ -45,6 +45,31 @@ def played(results: Sequence[MarkResult]) -> list[Played]:
 
 
 # ----- framing ---------------------------------------------------------------------------------
+
+
+def test_chunks_carry_up_to_chunk_ms_of_whole_frames_with_one_mark_each() -> None:
+    tracker = TwilioPlayback(chunk_ms=60, truncate_slack_ms=0)  # as the ingress runs it
+    data = audio(5 * FRAME_BYTES + 70)  # 100 ms and a 70-byte tail
+
+    out = tracker.on_model_audio("item_a", 0, data)
+
+    # 60 ms, then the 40 ms of whole frames left; the tail waits for more audio or its done.
+    assert out == [
+        SendMedia(data[0:480]),
+        SendMark("item_a:60:g1:m1"),
+        SendMedia(data[480:800]),
+        SendMark("item_a:100:g1:m2"),
+    ]
+    assert tracker.buffered_bytes() == 70
+    # A barge-in truncates exactly at the last mark Twilio acknowledged: chunk resolution.
+    echo(tracker, ["item_a:60:g1:m1"])
+    assert tracker.interrupt().truncations == (Truncation("item_a", 0, 60),)
+
+
+@pytest.mark.parametrize("chunk_ms", [0, 10, 30, -20])
+def test_chunk_ms_must_be_a_positive_multiple_of_a_frame(chunk_ms: int) -> None:
+    with pytest.raises(ValueError, match="multiple of 20"):
+        TwilioPlayback(chunk_ms=chunk_ms)
 
 
 def test_audio_is_cut_into_20ms_frames_each_followed_by_a_mark() -> None:

@@ -1,8 +1,11 @@
-"""What flows between an ingress and a call's session: the call spec, inputs and commands.
+"""The call vocabulary: what flows between an ingress and a call's session.
 
-The session never knows its transport (STYLE.md, practice 2): it emits these commands and the
-ingress turns them into Twilio JSON, RTP or a WebRTC track. Everything here pickles, because it
-crosses the process boundary between ingress and session host in batches.
+:class:`CallSpec` opens a call (through the router, over Ray); **inputs** go ingress → session
+(caller audio is plain ``bytes``; :data:`CallInput` is everything else) and **commands** go
+session → ingress (:data:`Command`), both over the media channel (:mod:`services.media.channel`).
+The session never knows its transport (STYLE.md, practice 2): it emits these commands and each
+ingress adapter turns them into Twilio JSON, RTP or a WebRTC track. This module imports nothing
+of callray's, so telephony codecs, the gateway and the runtime can all stand on it.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ class CallSpec:
     agent: str | None = None
     caller: Mapping[str, str] = dataclasses.field(default_factory=dict)
     greet: bool = True
-    # Which ingress pulls this call's commands: a host serves several ingresses, each polling
-    # only its own calls' output.
+    # Which ingress's media channel this call's commands are pushed to: a host serves several
+    # ingresses, each attached over its own channel.
     ingress_id: str = ""
 
 
@@ -115,3 +118,10 @@ class CallEnded:
 
 
 Command = PlayAudio | AudioDone | ClearPlayback | Hangup | Transfer | CallEnded
+
+
+def is_audio(item: bytes | CallInput | Command) -> bool:
+    """Whether ``item`` is audio, which is only worth its moment: under backpressure audio may
+    be dropped (oldest first); every other input and command changes a call's state and never
+    is."""
+    return isinstance(item, bytes | PlayAudio)
