@@ -148,7 +148,7 @@ class HostClient:
 
 
 class RouterClient:
-    """A session host's view of the router."""
+    """The router as session hosts (release, register) and ingresses (open_call) use it."""
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
@@ -159,20 +159,13 @@ class RouterClient:
     async def register_host(self, host_id: str, host: Any, capacity: int, pid: int) -> None:
         await call(self.handle, "register_host", host_id, host, capacity, pid)
 
+    async def open_call(self, spec: Any) -> Any:
+        return await call(self.handle, "open_call", spec)
+
 
 def current_actor() -> Any:
     """The handle of the actor this code runs in."""
     return ray.get_runtime_context().current_actor
-
-
-class RouterPort:
-    """An ingress's view of the router."""
-
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-
-    async def open_call(self, spec: Any) -> Any:
-        return await call(self.handle, "open_call", spec)
 
 
 def node_ip() -> str:

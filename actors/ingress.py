@@ -34,7 +34,7 @@ class IngressActor:
         self.gateway = Gateway(
             ingress_id=ingress_id,
             settings=settings,
-            router=_ray.RouterPort(_ray.get_router()),
+            router=_ray.RouterClient(_ray.get_router()),
             locate_channel=lambda handle: lambda: _ray.call(handle, "channel"),
             tokens=StreamTokens(secret, settings.stream_token_ttl_s),
             ledger=self._ledger,

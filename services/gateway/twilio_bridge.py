@@ -1,11 +1,12 @@
-"""One Twilio media stream ↔ one call's session, without sockets.
+"""One Twilio media stream ↔ one call's session, without sockets: the sans-I/O half of the
+Twilio adapter (:mod:`.twilio_ingress` is the I/O half).
 
-Inbound Twilio frames become actions for the gateway (open the call, forward media, tell the
-session what was played or dialled, end); session commands become outbound Twilio frames. The
-playback bookkeeping (20 ms media + mark, barge-in ``clear``) is
-:class:`~services.telephony.twilio_playback.TwilioPlayback`; framing is
-:class:`~services.telephony.media_streams.TwilioSerializer`. Swapping the serializer is how other
-providers' media streams plug in.
+Inbound Twilio frames become actions for the adapter (open the call, forward media, tell the
+session what was played or dialled, end); model audio and barge-ins become outbound frames. The
+playback bookkeeping (media in chunks of ``chunk_ms``, a mark after each, barge-in ``clear``) is
+:class:`~services.telephony.twilio_playback.TwilioPlayback`; framing is the injected
+:class:`~services.telephony.media_streams.MediaStreamSerializer` (Twilio's by default), which is
+how other providers' JSON media streams plug in.
 """
 
 from __future__ import annotations
@@ -14,22 +15,12 @@ import dataclasses
 import logging
 
 from services.errors import MediaStreamProtocolError
-from services.media.vocabulary import (
-    AudioDone,
-    CallEnded,
-    CallInput,
-    ClearPlayback,
-    Command,
-    Dtmf,
-    Hangup,
-    PlayAudio,
-    PlaybackCut,
-    Transfer,
-)
+from services.media.vocabulary import AudioDone, CallInput, Dtmf, PlayAudio, PlaybackCut
 from services.telephony.media_streams import (
     DtmfReceived,
     MarkReceived,
     MediaReceived,
+    MediaStreamSerializer,
     StreamConnected,
     StreamStarted,
     StreamStopped,
@@ -73,8 +64,14 @@ Action = OpenCall | ForwardMedia | ToSession | EndStream
 
 
 class TwilioBridge:
-    def __init__(self, tokens: StreamTokens | None, *, chunk_ms: int = 20) -> None:
-        self.serializer = TwilioSerializer()
+    def __init__(
+        self,
+        tokens: StreamTokens | None,
+        *,
+        serializer: MediaStreamSerializer | None = None,
+        chunk_ms: int = 20,
+    ) -> None:
+        self.serializer = serializer or TwilioSerializer()
         # No slack: the session truncates at what marks acknowledged, nothing guessed on top.
         self.playback = TwilioPlayback(truncate_slack_ms=0, chunk_ms=chunk_ms)
         self._tokens = tokens
@@ -116,51 +113,34 @@ class TwilioBridge:
 
     # ----- us → Twilio -----------------------------------------------------------------------
 
-    def on_command(self, command: Command) -> tuple[list[str], str | None, CallInput | None]:
-        """Twilio frames for ``command``, a reason when the stream must now close, and a message
-        for the session, if any."""
-        stream = self.stream_id
-        if stream is None:
-            return [], None, None
-        if isinstance(command, PlayAudio):
-            return (
-                self._frames(
-                    self.playback.on_model_audio(
-                        command.item_id, command.content_index, command.data
-                    )
-                ),
-                None,
-                None,
-            )
-        if isinstance(command, AudioDone):
-            return (
-                self._frames(self.playback.on_audio_done(command.item_id, command.content_index)),
-                None,
-                None,
-            )
-        if isinstance(command, ClearPlayback):
-            interruption = self.playback.interrupt()
-            # What the caller had acknowledged as the clear goes out: the session truncates at
-            # this, fresher than its own tracker by the ingress → host hop.
-            cut = PlaybackCut(
-                tuple(
-                    (t.item_id, t.content_index, t.audio_end_ms) for t in interruption.truncations
-                )
-            )
-            return ([self.serializer.encode_clear(stream)] if interruption.clear else []), None, cut
-        if isinstance(command, Hangup):
-            return [], command.reason, None
-        if isinstance(command, Transfer):
-            # A transfer needs Twilio's REST API (a <Dial> on the live call): not built yet.
-            logger.warning("transfer requested but not supported for Twilio streams yet")
-            return [], "transfer_unsupported", None
-        if isinstance(command, CallEnded):
-            return [], command.reason, None
-        return [], None, None
+    def play(self, command: PlayAudio) -> list[str | bytes]:
+        """Frames for a model audio delta (chunks with their marks)."""
+        if self.stream_id is None:
+            return []
+        return self._frames(
+            self.playback.on_model_audio(command.item_id, command.content_index, command.data)
+        )
 
-    def _frames(self, outbound: list[SendMedia | SendMark]) -> list[str]:
+    def audio_done(self, command: AudioDone) -> list[str | bytes]:
+        if self.stream_id is None:
+            return []
+        return self._frames(self.playback.on_audio_done(command.item_id, command.content_index))
+
+    def interrupt(self) -> tuple[str | bytes | None, PlaybackCut]:
+        """A barge-in: the ``clear`` frame to send (None when nothing of ours is playing) and
+        what the caller had acknowledged as it goes out. The session truncates at this, fresher
+        than its own tracker by the ingress → host hop."""
+        interruption = self.playback.interrupt()
+        cut = PlaybackCut(
+            tuple((t.item_id, t.content_index, t.audio_end_ms) for t in interruption.truncations)
+        )
+        if not interruption.clear or self.stream_id is None:
+            return None, cut
+        return self.serializer.encode_clear(self.stream_id), cut
+
+    def _frames(self, outbound: list[SendMedia | SendMark]) -> list[str | bytes]:
         assert self.stream_id is not None
-        frames: list[str] = []
+        frames: list[str | bytes] = []
         for item in outbound:
             if isinstance(item, SendMedia):
                 frames.append(self.serializer.encode_media(self.stream_id, item.payload))

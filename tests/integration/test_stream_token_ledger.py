@@ -232,7 +232,7 @@ async def test_with_redis_unreachable_streams_are_refused_and_the_gateway_keeps_
     down = f"redis://127.0.0.1:{closed_port()}"
     async with running_ingresses(wire, [down]) as cluster:
         (base,) = cluster.bases
-        caplog.set_level(logging.ERROR, logger="services.gateway.app")
+        caplog.set_level(logging.ERROR, logger="services.gateway.ingress_core")
         for n in range(2):  # and again: one failure leaves nothing broken behind
             call_sid = f"CA{n}" + "6" * 31
             token = await webhook_token(base, call_sid)  # the webhook needs no Redis
@@ -242,7 +242,9 @@ async def test_with_redis_unreachable_streams_are_refused_and_the_gateway_keeps_
             assert code == 1011 and reason == "stream token could not be checked", (code, reason)
         assert cluster.router.opened == []
         assert not cluster.host.calls
-        logged = [r.getMessage() for r in caplog.records if r.name == "services.gateway.app"]
+        logged = [
+            r.getMessage() for r in caplog.records if r.name == "services.gateway.ingress_core"
+        ]
         assert len(logged) == 2 and all("could not be checked" in m for m in logged), logged
         assert "unavailable" in logged[0]
         async with aiohttp.ClientSession() as http:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from services.gateway.twilio_bridge import ToSession, TwilioBridge
-from services.media.vocabulary import ClearPlayback, PlayAudio, PlaybackCut, Played
+from services.media.vocabulary import PlayAudio, PlaybackCut, Played
 
 CALL = "CA" + "1" * 32
 STREAM = "MZ" + "2" * 32
@@ -32,8 +32,7 @@ def started() -> TwilioBridge:
 
 def test_clear_reports_the_acknowledged_playback_to_the_session() -> None:
     bridge = started()
-    frames, closing, to_session = bridge.on_command(PlayAudio(CALL, b"\xff" * 8 * 200, "item_a", 0))
-    assert closing is None and to_session is None
+    frames = bridge.play(PlayAudio(CALL, b"\xff" * 8 * 200, "item_a", 0))
     marks = [json.loads(f)["mark"]["name"] for f in frames if json.loads(f)["event"] == "mark"]
     assert len(marks) == 10  # one per 20 ms frame
     played = []
@@ -41,8 +40,8 @@ def test_clear_reports_the_acknowledged_playback_to_the_session() -> None:
         echo = {"event": "mark", "streamSid": STREAM, "mark": {"name": name}}
         played += [a.message for a in bridge.receive(json.dumps(echo)) if isinstance(a, ToSession)]
     assert sum(p.ms for p in played if isinstance(p, Played)) == 60
-    frames, closing, to_session = bridge.on_command(ClearPlayback(CALL))
-    assert [json.loads(f)["event"] for f in frames] == ["clear"] and closing is None
+    clear, to_session = bridge.interrupt()
+    assert clear is not None and json.loads(clear)["event"] == "clear"
     # No slack on top: the session truncates at what the marks acknowledged.
     assert to_session == PlaybackCut((("item_a", 0, 60),))
     # The marks Twilio echoes for the cleared audio are stale: nothing more reaches the session.
@@ -52,5 +51,5 @@ def test_clear_reports_the_acknowledged_playback_to_the_session() -> None:
 
 
 def test_clear_with_nothing_playing_sends_no_clear_and_an_empty_cut() -> None:
-    frames, _closing, to_session = started().on_command(ClearPlayback(CALL))
-    assert frames == [] and to_session == PlaybackCut(())
+    clear, to_session = started().interrupt()
+    assert clear is None and to_session == PlaybackCut(())

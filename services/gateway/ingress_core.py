@@ -1,0 +1,222 @@
+"""What every ingress does for a call, whatever the provider: the seam each adapter plugs into.
+
+An adapter (Twilio media streams today; WebRTC and SIP next) terminates its provider's media and
+signalling and gives the core one :class:`MediaLeg` per call. The core does the rest, once:
+
+* **open** the call: the single-use token claimed cluster-wide (when the adapter redeemed one),
+  admission and placement through the router, the media channel to the chosen host; a refusal
+  comes back as :class:`Busy` (play the busy signal) or :class:`Refused` (close with the reason);
+* **caller → session**: audio (:meth:`IngressCore.caller_audio`) and control inputs — playback
+  heard, DTMF (:meth:`IngressCore.caller_input`) — over the host's media channel;
+* **session → caller**: each command goes to its call's leg: audio and its end to play, a
+  barge-in to stop playback at once (what the caller had heard then goes back to the session,
+  which truncates with it), hang-up and transfer to the provider, the session's end to close;
+* **the end**, from either side: the session is told the caller hung up
+  (:meth:`IngressCore.caller_gone`), and :meth:`IngressCore.release` forgets the call.
+
+Playback accounting is the adapter's (it knows what "played" means on its media: Twilio marks,
+RTP sent, a track's clock); the core only carries the figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from services.config import MediaSettings
+from services.errors import TransportError
+from services.gateway.token_ledger import TokenLedger
+from services.media.channel_client import Locate, MediaChannelClient
+from services.media.vocabulary import (
+    AudioDone,
+    CallEnded,
+    CallerHungUp,
+    CallInput,
+    CallSpec,
+    ClearPlayback,
+    Command,
+    Hangup,
+    PlayAudio,
+    PlaybackCut,
+    Transfer,
+)
+from services.observability import metrics
+from services.runtime.placement import Rejected
+from services.telephony.stream_tokens import RedeemedToken
+
+logger = logging.getLogger(__name__)
+
+
+class RouterPort(Protocol):
+    async def open_call(self, spec: CallSpec) -> Any: ...
+
+
+class MediaLeg(Protocol):
+    """An adapter's side of one call."""
+
+    def play(self, command: PlayAudio) -> None:
+        """Queue model audio for the caller (with the adapter's playback accounting)."""
+
+    def audio_done(self, command: AudioDone) -> None:
+        """The model finished an item's audio: flush what is held back for it."""
+
+    def interrupt(self) -> PlaybackCut:
+        """Barge-in: stop playback now, dropping media queued for the caller, and say what
+        the caller had heard of each item at this moment."""
+
+    def control(self, command: Hangup | Transfer) -> None:
+        """Hang up or transfer through the provider (or just end the media if it cannot)."""
+
+    def end(self, reason: str) -> None:
+        """The session is gone: close the caller's media, saying why."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Busy:
+    """Admission refused the call: the adapter plays its busy signal, then hangs up."""
+
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refused:
+    """The call may not open at all (duplicate, token reused or uncheckable): close the media
+    with ``code`` (RFC 6455 §7.4.1 numbering) and ``reason``."""
+
+    code: int
+    reason: str
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class IngressCall:
+    spec: CallSpec
+    leg: MediaLeg
+    link: MediaChannelClient
+    ended: bool = False
+
+
+class IngressCore:
+    def __init__(
+        self,
+        *,
+        ingress_id: str,
+        router: RouterPort,
+        locate_channel: Callable[[Any], Locate],
+        ledger: TokenLedger | None = None,
+        media: MediaSettings | None = None,
+    ) -> None:
+        self.ingress_id = ingress_id
+        self._router = router
+        self._locate_channel = locate_channel
+        # None: single use is enforced per process only (one ingress, or tests without Redis).
+        self._ledger = ledger
+        self._media = media or MediaSettings()
+        self._links: dict[str, MediaChannelClient] = {}
+        self.calls: dict[str, IngressCall] = {}
+
+    async def close(self) -> None:
+        for link in self._links.values():
+            await link.close()
+
+    # ----- open ----------------------------------------------------------------------------------
+
+    async def open(
+        self, spec: CallSpec, leg: MediaLeg, token: RedeemedToken | None = None
+    ) -> IngressCall | Busy | Refused:
+        """Claim the token, place the call and attach it to its host's channel."""
+        if spec.call_id in self.calls:
+            return Refused(1008, "call already streaming")
+        if token is not None and self._ledger is not None:
+            refused = await self._claim(token)
+            if refused is not None:
+                return refused
+        result = await self._router.open_call(dataclasses.replace(spec, ingress_id=self.ingress_id))
+        if isinstance(result, Rejected):
+            logger.info("call refused: %s", result.reason)
+            return Busy(result.reason)
+        link = self._links.get(result.host_id)
+        if link is None:
+            link = MediaChannelClient(
+                self._locate_channel(result.host),
+                ingress_id=self.ingress_id,
+                dispatch=self._dispatch,
+                interval_s=self._media.channel_interval_ms / 1000,
+            )
+            link.start()
+            self._links[result.host_id] = link
+        call = IngressCall(spec, leg, link)
+        link.calls.add(spec.call_id)
+        self.calls[spec.call_id] = call
+        return call
+
+    async def _claim(self, token: RedeemedToken) -> Refused | None:
+        try:
+            first = await self._ledger.claim(token.nonce, token.expires_ms)  # type: ignore[union-attr]
+        except TransportError as exc:
+            # Fail closed (see token_ledger): 1011, the server could not fulfil the request; the
+            # Redis detail stays in our log, not in the peer's close frame.
+            logger.error("refused a media stream: the token could not be checked: %s", exc)
+            return Refused(1011, "stream token could not be checked")
+        if not first:
+            logger.warning("refused a media stream: its token was already used on another ingress")
+            return Refused(1008, "stream token was already used")
+        return None
+
+    # ----- caller → session ----------------------------------------------------------------------
+
+    def caller_audio(self, call_id: str, audio: bytes) -> None:
+        call = self.calls.get(call_id)
+        if call is not None and not call.ended:
+            call.link.send(call_id, audio)
+
+    def caller_input(self, call_id: str, message: CallInput) -> None:
+        call = self.calls.get(call_id)
+        if call is not None and not call.ended:
+            call.link.send(call_id, message)
+
+    def caller_gone(self, call_id: str, reason: str) -> None:
+        """The caller's side ended (hung up, stream closed): the session ends the call."""
+        call = self.calls.get(call_id)
+        if call is not None and not call.ended:
+            call.ended = True
+            call.link.send(call_id, CallerHungUp(reason))
+
+    def release(self, call_id: str, leg: MediaLeg) -> None:
+        """The adapter is done with the call's media: forget it (only if it is still ``leg``'s:
+        a refused duplicate must not release the stream it duplicated)."""
+        call = self.calls.get(call_id)
+        if call is None or call.leg is not leg:
+            return
+        if not call.ended:
+            self.caller_gone(call_id, "stream_closed")
+        del self.calls[call_id]
+        call.link.calls.discard(call_id)
+
+    # ----- session → caller ----------------------------------------------------------------------
+
+    def _dispatch(self, command: Command) -> None:
+        call = self.calls.get(command.call_id)
+        if call is None:
+            return
+        leg = call.leg
+        if isinstance(command, PlayAudio):
+            leg.play(command)
+        elif isinstance(command, AudioDone):
+            leg.audio_done(command)
+        elif isinstance(command, ClearPlayback):
+            cut = leg.interrupt()
+            if cut.heard and command.speech_at > 0:
+                metrics.barge_in_clear(
+                    call.spec.transport, max(0.0, time.time() - command.speech_at)
+                )
+            # Sent even when nothing was playing, so the session never waits for it.
+            call.link.send(command.call_id, cut)
+        elif isinstance(command, Hangup | Transfer):
+            call.ended = True  # the session ends the call itself once it has sent this
+            leg.control(command)
+        elif isinstance(command, CallEnded):
+            call.ended = True
+            leg.end(command.reason)

@@ -1,0 +1,337 @@
+"""The Twilio adapter on the ingress seam (:mod:`.ingress_core`): webhook, TwiML and media stream.
+
+- ``POST /twilio/voice``: Twilio's voice webhook. Checks ``X-Twilio-Signature`` when an auth token
+  is configured (403 otherwise), then answers TwiML ``<Connect><Stream>`` carrying a single-use
+  token as a ``<Parameter>``.
+- ``GET /twilio/media``: the media stream. The frames of one stream are read by a
+  :class:`~services.gateway.twilio_bridge.TwilioBridge` (framing through the serializer injected
+  for the route, marks as playback accounting); the call opens through the core on ``start``; a
+  refused call hears a busy tone and is closed. Bad frames get a log line and, before the call
+  exists, a close with the reason; no frame can affect another call.
+
+Hang-up and transfer go through Twilio's REST API when an account is configured; otherwise a
+hang-up closes the stream (with ``<Connect><Stream>``, Twilio then ends the call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from services.config import GatewaySettings, MediaSettings
+from services.errors import MediaStreamProtocolError, ProviderError
+from services.gateway.ingress_core import Busy, IngressCore, Refused
+from services.gateway.twilio_bridge import (
+    EndStream,
+    ForwardMedia,
+    OpenCall,
+    ToSession,
+    TwilioBridge,
+)
+from services.gateway.twilio_rest import TwilioCallControl
+from services.media.vocabulary import (
+    AudioDone,
+    CallSpec,
+    Hangup,
+    PlayAudio,
+    PlaybackCut,
+    Transfer,
+)
+from services.telephony.g711 import ulaw_encode
+from services.telephony.media_streams import MediaStreamSerializer, TwilioSerializer
+from services.telephony.stream_tokens import StreamTokens
+from services.telephony.twilio_signature import (
+    SIGNATURE_HEADER,
+    is_valid_twilio_signature,
+    public_request_url,
+)
+from services.telephony.twiml import connect_stream_twiml
+
+logger = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 64 * 1024
+
+
+def busy_tone(seconds: float = 1.5) -> bytes:
+    """The North American busy signal (480 + 620 Hz, 0.5 s on / 0.5 s off) in μ-law."""
+    t = np.arange(int(seconds * 8000)) / 8000.0
+    tone = (np.sin(2 * np.pi * 480 * t) + np.sin(2 * np.pi * 620 * t)) * 0.25
+    tone[(t % 1.0) >= 0.5] = 0.0
+    return ulaw_encode((tone * 32767).astype(np.int16))
+
+
+async def _send(ws: web.WebSocketResponse, frame: str | bytes) -> None:
+    if isinstance(frame, str):
+        await ws.send_str(frame)
+    else:
+        await ws.send_bytes(frame)  # binary-audio providers' serializers
+
+
+class TwilioLeg:
+    """One Twilio media stream as the core's :class:`~.ingress_core.MediaLeg`: outbound frames
+    leave in order from one writer, so a slow caller stalls no one else."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        bridge: TwilioBridge,
+        control: TwilioCallControl | None,
+    ) -> None:
+        self.ws = ws
+        self.bridge = bridge
+        self._control = control
+        self._out: deque[str | bytes] = deque()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self.close_reason: str | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ----- MediaLeg ------------------------------------------------------------------------------
+
+    def play(self, command: PlayAudio) -> None:
+        self._queue(self.bridge.play(command))
+
+    def audio_done(self, command: AudioDone) -> None:
+        self._queue(self.bridge.audio_done(command))
+
+    def interrupt(self) -> PlaybackCut:
+        clear, cut = self.bridge.interrupt()
+        if clear is not None:
+            # Media and marks still queued here would play after the clear: drop them now
+            # (Twilio echoes nothing for frames it never got), then the clear leaves first.
+            self._out.clear()
+            self._queue([clear])
+        return cut
+
+    def control(self, command: Hangup | Transfer) -> None:
+        if self._control is None:
+            if isinstance(command, Transfer):
+                logger.warning("transfer requested but no Twilio account is configured")
+                self.end("transfer_unsupported")
+            else:
+                self.end(command.reason)
+            return
+        task = asyncio.create_task(self._rest(command))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def end(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._closing = True
+        self._wake.set()
+
+    # ----- I/O -----------------------------------------------------------------------------------
+
+    async def _rest(self, command: Hangup | Transfer) -> None:
+        """Hang up or transfer through Twilio's REST API, then close the stream."""
+        assert self._control is not None
+        try:
+            if isinstance(command, Transfer):
+                await self._control.transfer(command.call_id, command.target)
+                reason = "transferred"
+            else:
+                await self._control.hang_up(command.call_id)
+                reason = command.reason
+        except ProviderError as exc:
+            logger.error("Twilio call control failed: %s", exc)
+            reason = "call_control_failed"
+        self.end(reason)
+
+    def _queue(self, frames: list[str | bytes]) -> None:
+        if frames:
+            self._out.extend(frames)
+            self._wake.set()
+
+    async def write(self) -> None:
+        """The stream's writer: runs until :meth:`end` (then stops the reader, whose handler
+        closes the socket with the reason) or :meth:`stop`."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._out:
+                frame = self._out.popleft()
+                if self.ws.closed:
+                    continue
+                try:
+                    await _send(self.ws, frame)
+                except ConnectionError:
+                    logger.info("media stream went away while sending")
+            if self._closing:
+                if self.close_reason is not None and self.reader is not None:
+                    self.reader.cancel()
+                return
+
+    def stop(self) -> None:
+        self._closing = True
+        self._wake.set()
+
+
+class TwilioIngress:
+    """The Twilio routes; ``serializer`` makes the framing per stream (swappable per route)."""
+
+    def __init__(
+        self,
+        core: IngressCore,
+        settings: GatewaySettings,
+        tokens: StreamTokens,
+        *,
+        media: MediaSettings | None = None,
+        serializer: Callable[[], MediaStreamSerializer] = TwilioSerializer,
+    ) -> None:
+        self._core = core
+        self.settings = settings
+        self._tokens = tokens
+        self._media = media or MediaSettings()
+        self._serializer = serializer
+        self._control: TwilioCallControl | None = None
+        if settings.twilio_account_sid and settings.twilio_auth_token:
+            self._control = TwilioCallControl(
+                settings.twilio_account_sid,
+                settings.twilio_auth_token.value,
+                api_base_url=settings.twilio_api_base_url,
+            )
+        self._warned_unsigned = False
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/twilio/voice", self.voice)
+        app.router.add_get("/twilio/media", self.media)
+
+    async def close(self) -> None:
+        if self._control is not None:
+            await self._control.close()
+
+    # ----- the webhook ---------------------------------------------------------------------------
+
+    async def voice(self, request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        token = self.settings.twilio_auth_token.value
+        if token:
+            url = (
+                public_request_url(self.settings.public_url, request.path, request.query_string)
+                if self.settings.public_url
+                else str(request.url)
+            )
+            if not is_valid_twilio_signature(
+                url, form, request.headers.get(SIGNATURE_HEADER), token
+            ):
+                logger.warning("rejected a voice webhook with a bad X-Twilio-Signature")
+                return web.Response(status=403, text="invalid signature")
+        elif not self._warned_unsigned:
+            self._warned_unsigned = True
+            logger.warning("TWILIO_AUTH_TOKEN is not set: voice webhooks are not authenticated")
+        call_sid = form.get("CallSid", "")
+        if not call_sid:
+            return web.Response(status=400, text="CallSid is required")
+        if self.settings.public_url:
+            stream_url = public_request_url(
+                self.settings.public_url, "/twilio/media", websocket=True
+            )
+        else:
+            stream_url = f"ws://{request.host}/twilio/media"
+        params = {"token": self._tokens.issue(call_sid)}
+        for key in ("From", "To"):
+            if form.get(key):
+                params[key.lower()] = form[key]
+        return web.Response(text=connect_stream_twiml(stream_url, params), content_type="text/xml")
+
+    # ----- the media stream ----------------------------------------------------------------------
+
+    async def media(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
+        await ws.prepare(request)
+        bridge = TwilioBridge(
+            self._tokens, serializer=self._serializer(), chunk_ms=self._media.chunk_ms
+        )
+        leg = TwilioLeg(ws, bridge, self._control)
+        leg.reader = asyncio.create_task(self._read(leg))
+        writer = asyncio.create_task(leg.write())
+        try:
+            # wait(), not await: the writer cancels the reader to end the call from our side.
+            await asyncio.wait({leg.reader})
+        finally:
+            leg.reader.cancel()
+            await asyncio.wait({leg.reader})
+            if bridge.call_id is not None:
+                self._core.release(bridge.call_id, leg)
+            leg.stop()
+            await writer
+            if not ws.closed:
+                # Closed with no reader waiting, aiohttp sends our close frame and then reads
+                # (discarding media) until the caller's close: the full handshake. Closing
+                # while a reader waits drops TCP at once, and a caller still streaming gets a
+                # reset before it reads the reason.
+                reason = (leg.close_reason or "").encode()[:120]
+                await ws.close(code=1000, message=reason)
+        return ws
+
+    async def _read(self, leg: TwilioLeg) -> None:
+        bridge, core = leg.bridge, self._core
+        opened = False
+        async for msg in leg.ws:
+            if msg.type != WSMsgType.TEXT:
+                if msg.type == WSMsgType.ERROR:
+                    logger.warning("media stream error: %s", leg.ws.exception())
+                    return
+                logger.warning("media stream sent a non-text frame; ignored")
+                continue
+            try:
+                actions = bridge.receive(msg.data)
+            except MediaStreamProtocolError as exc:
+                logger.warning("bad Twilio frame: %s", exc)
+                if not opened:
+                    await leg.ws.close(code=1008, message=str(exc)[:120].encode())
+                    return
+                continue
+            for action in actions:
+                if isinstance(action, ForwardMedia):
+                    if opened:
+                        core.caller_audio(bridge.call_id or "", action.payload)
+                elif isinstance(action, ToSession):
+                    if opened:
+                        core.caller_input(bridge.call_id or "", action.message)
+                elif isinstance(action, OpenCall):
+                    opened = await self._open(leg, action)
+                    if not opened:
+                        return
+                elif isinstance(action, EndStream):
+                    if opened:
+                        leg.close_reason = action.reason
+                        core.caller_gone(bridge.call_id or "", action.reason)
+                    return
+
+    async def _open(self, leg: TwilioLeg, action: OpenCall) -> bool:
+        spec = CallSpec(
+            action.call_id, transport="twilio", audio_format="audio/pcmu", caller=action.caller
+        )
+        result = await self._core.open(spec, leg, action.token)
+        if isinstance(result, Refused):
+            await leg.ws.close(code=result.code, message=result.reason.encode())
+            return False
+        if isinstance(result, Busy):
+            await self._busy(leg)
+            return False
+        return True
+
+    async def _busy(self, leg: TwilioLeg) -> None:
+        stream = leg.bridge.stream_id or ""
+        serializer = leg.bridge.serializer
+        audio = busy_tone()
+        for at in range(0, len(audio), 160):
+            await _send(leg.ws, serializer.encode_media(stream, audio[at : at + 160]))
+        await _send(leg.ws, serializer.encode_mark(stream, "busy"))
+        # Twilio echoes the mark once the tone has played; then the stream (and call) ends.
+        try:
+            async with asyncio.timeout(len(audio) / 8000 + 2.0):
+                async for msg in leg.ws:
+                    if msg.type == WSMsgType.TEXT and '"mark"' in msg.data:
+                        break
+        except TimeoutError:
+            pass
+        await leg.ws.close(code=1000, message=b"busy")
