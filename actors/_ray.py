@@ -15,14 +15,10 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from services.errors import TransportError
+from services.errors import ActorGone
 
 NAMESPACE = "callray"
 ROUTER_NAME = "callray-router"
-
-
-class ActorGone(TransportError):
-    """The actor is dead or unreachable."""
 
 
 def init(

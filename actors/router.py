@@ -7,11 +7,11 @@ from typing import Any
 
 from actors import _ray
 from services.media.vocabulary import CallSpec
+from services.redis_client import connect as connect_redis
 from services.runtime.events import BufferedEventSink
 from services.runtime.placement import Rejected
 from services.runtime.router import Opened, RouterCore
 from services.toolbus.call_events import CallEventLog
-from services.toolbus.redis_client import connect as connect_redis
 
 logger = logging.getLogger(__name__)
 

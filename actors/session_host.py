@@ -14,10 +14,10 @@ from services.agents.registry import load_agents
 from services.config import MediaSettings, ModelSettings
 from services.media.channel_server import MediaChannelServer
 from services.media.vocabulary import CallSpec
+from services.redis_client import connect as connect_redis
 from services.runtime.events import BufferedEventSink
 from services.runtime.host import CallHost
 from services.toolbus.call_events import CallEventLog
-from services.toolbus.redis_client import connect as connect_redis
 from services.toolbus.runner import RedisToolRunner
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import logging
 
 from actors import _ray
 from services.agents.registry import load_agents
+from services.redis_client import connect as connect_redis
 from services.toolbus.executor import ToolExecutor
-from services.toolbus.redis_client import connect as connect_redis
 
 logger = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ async def tool_round_trips(redis_url: str, rate: float, seconds: float) -> dict[
 
     from bench.agents import noop
     from services.realtime.tools import ToolCall, ToolContext
-    from services.toolbus.redis_client import connect as connect_redis
+    from services.redis_client import connect as connect_redis
     from services.toolbus.runner import RedisToolRunner
 
     client = connect_redis(redis_url)

@@ -68,8 +68,8 @@ def _redis_url_for_tools(data_dir: str) -> str:
 
 def _events_command(args: argparse.Namespace) -> int:
 
+    from services.redis_client import connect as connect_redis
     from services.toolbus.call_events import format_event, tail_events
-    from services.toolbus.redis_client import connect as connect_redis
 
     url = _redis_url_for_tools(args.data_dir)
 

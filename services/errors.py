@@ -5,10 +5,14 @@
     ├── ProtocolError             input on a wire was wrong; the message says what and where
     │   ├── RealtimeProtocolError     a Realtime event (either direction)
     │   ├── AudioFormatError          audio bytes or an audio format description
-    │   └── MediaStreamProtocolError  a telephony media-stream message (Twilio, ...) or its token
+    │   ├── MediaStreamProtocolError  a telephony media-stream message (Twilio, ...) or its token
+    │   │   └── StreamTokenError          a stream token was refused (``reason``)
+    │   └── ChannelError              a media-channel message (services.media.channel)
     ├── TransportError            a connection could not be used
     │   ├── TransportClosed           the peer or we closed it (code, reason)
-    │   └── NotConnected              an operation needs an open connection
+    │   ├── NotConnected              an operation needs an open connection
+    │   └── ActorGone                 a Ray actor is dead or did not answer in time
+    ├── CallSetupError            a call could not be opened (``reason``: model_unreachable, ...)
     ├── ProviderError             the model provider answered with an error (``retryable``)
     ├── ServiceStartError         an embedded service (e.g. redis-server) did not come up
     ├── ToolError                 raised by a tool; its message is shown to the model
@@ -70,6 +74,20 @@ class MediaStreamProtocolError(ProtocolError):
     large or out of order for the stream's state; ``field`` is its JSON path when one is known."""
 
 
+class StreamTokenError(MediaStreamProtocolError):
+    """A stream token was refused; ``reason`` says why (one of
+    :data:`services.telephony.stream_tokens.StreamTokenRejection`)."""
+
+    def __init__(self, message: str, *, reason: str, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.reason = reason
+
+
+class ChannelError(ProtocolError):
+    """A media-channel message that cannot be used (malformed, unknown kind, wrong version, bad
+    key); the connection carrying it is closed with this text, or the message skipped."""
+
+
 class TransportError(CallrayError):
     """A connection could not be opened or used."""
 
@@ -84,6 +102,18 @@ class TransportClosed(TransportError):
     def __init__(self, message: str, *, code: int | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason
+
+
+class ActorGone(TransportError):
+    """A Ray actor is dead or did not answer in time."""
+
+
+class CallSetupError(CallrayError):
+    """A call could not be opened (model unreachable, unknown agent, duplicate id, host full)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
         self.reason = reason
 
 

@@ -31,6 +31,7 @@ class TwilioCaller:
         self.played_audio = 0
         self.clears = 0
         self.closed_reason: str | None = None
+        self.closed_code: int | None = None
         self.acked: dict[str, int] = {}  # item id -> ms acknowledged through echoed marks
         self.acked_at_clear: dict[str, int] = {}
         self._buffer: deque[bytes | str] = deque()  # audio chunks and mark names, in order
@@ -104,6 +105,7 @@ class TwilioCaller:
                     for name in marks:
                         await self._echo(name)
         except websockets.ConnectionClosed as exc:
+            self.closed_code = exc.rcvd.code if exc.rcvd else None
             self.closed_reason = exc.rcvd.reason if exc.rcvd else "closed"
         if self.closed_reason is None:
             self.closed_reason = self._ws.close_reason or "closed"

@@ -52,17 +52,26 @@ class AgentRegistry:
         return found
 
 
-def load_agents(spec: str | None = None) -> AgentRegistry:
-    """Import ``package.module:attr`` (default: the demo agent)."""
-    spec = spec or DEFAULT_AGENT_SPEC
+def load_object(spec: str, *, setting: str) -> object:
+    """The object at ``package.module:attr`` (the one loader of such specs); ``setting`` names
+    where the spec came from, for the error."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ConfigError(f"CALLRAY_AGENT must look like package.module:attr, got {spec!r}")
+        raise ConfigError(f"{setting} must look like package.module:attr, got {spec!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"cannot import agent module {module_name!r}: {exc}") from exc
-    value = getattr(module, attr, None)
+        raise ConfigError(f"cannot import {setting} module {module_name!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"{setting}: module {module_name!r} has no {attr!r}") from None
+
+
+def load_agents(spec: str | None = None) -> AgentRegistry:
+    """Import ``package.module:attr`` (default: the demo agent)."""
+    spec = spec or DEFAULT_AGENT_SPEC
+    value = load_object(spec, setting="CALLRAY_AGENT")
     if isinstance(value, RealtimeAgent):
         return AgentRegistry({value.name: value}, value.name)
     if (

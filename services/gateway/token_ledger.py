@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from redis.exceptions import RedisError
 
 from services.errors import TransportError
-from services.toolbus.redis_client import connect
+from services.redis_client import connect
 
 __all__ = ["KEY_PREFIX", "RedisTokenLedger", "TokenLedger"]
 

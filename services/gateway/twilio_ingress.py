@@ -6,8 +6,9 @@
 - ``GET /twilio/media``: the media stream. The frames of one stream are read by a
   :class:`~services.gateway.twilio_bridge.TwilioBridge` (framing through the serializer injected
   for the route, marks as playback accounting); the call opens through the core on ``start``; a
-  refused call hears a busy tone and is closed. Bad frames get a log line and, before the call
-  exists, a close with the reason; no frame can affect another call.
+  refused call hears a busy tone and is closed. A frame that cannot be used (malformed, out of
+  order, oversize) gets a log line and closes its stream with the reason (1008; 1009 for
+  oversize); a live call then ends with ``protocol_error``. No frame can affect another call.
 
 Hang-up and transfer go through Twilio's REST API when an account is configured; otherwise a
 hang-up closes the stream (with ``<Connect><Stream>``, Twilio then ends the call).
@@ -89,6 +90,7 @@ class TwilioLeg:
         self._wake = asyncio.Event()
         self._closing = False
         self.close_reason: str | None = None
+        self.close_code = 1000
         self.reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -268,7 +270,7 @@ class TwilioIngress:
                 # while a reader waits drops TCP at once, and a caller still streaming gets a
                 # reset before it reads the reason.
                 reason = (leg.close_reason or "").encode()[:120]
-                await ws.close(code=1000, message=reason)
+                await ws.close(code=leg.close_code, message=reason)
         return ws
 
     async def _read(self, leg: TwilioLeg) -> None:
@@ -277,7 +279,10 @@ class TwilioIngress:
         async for msg in leg.ws:
             if msg.type != WSMsgType.TEXT:
                 if msg.type == WSMsgType.ERROR:
+                    # aiohttp has closed the socket already (1009 for an oversize frame).
                     logger.warning("media stream error: %s", leg.ws.exception())
+                    if opened:
+                        core.caller_gone(bridge.call_id or "", "protocol_error")
                     return
                 logger.warning("media stream sent a non-text frame; ignored")
                 continue
@@ -288,7 +293,11 @@ class TwilioIngress:
                 if not opened:
                     await leg.ws.close(code=1008, message=str(exc)[:120].encode())
                     return
-                continue
+                # Twilio never sends such a frame: the peer is broken or hostile. End this
+                # call, saying why; every other call is on its own socket and goes on.
+                leg.close_code, leg.close_reason = 1008, str(exc)
+                core.caller_gone(bridge.call_id or "", "protocol_error")
+                return
             for action in actions:
                 if isinstance(action, ForwardMedia):
                     if opened:

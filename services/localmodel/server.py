@@ -90,6 +90,10 @@ class LocalModelServer:
         self._server: Server | None = None
         self._port = settings.port
 
+    def use_scenario(self, scenario: Scenario) -> None:
+        """Play ``scenario`` in sessions connecting from now on (those open keep theirs)."""
+        self._scenario = scenario
+
     # ----- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -39,7 +39,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import msgpack  # type: ignore[import-untyped]
 
-from services.errors import ProtocolError
+from services.errors import ChannelError
 from services.media.vocabulary import (
     AudioDone,
     CallEnded,
@@ -60,13 +60,10 @@ VERSION: Final = 1
 MAX_MESSAGE_BYTES: Final = 16 * 2**20
 DEFAULT_OUTBOX_LIMIT: Final = 20_000  # items: 4 s of 20 ms audio for 100 calls
 
+__all__ = ["ChannelError", "Outbox", "Redelivery"]
+
 Input = tuple[str, bytes | CallInput]
 T = TypeVar("T")
-
-
-class ChannelError(ProtocolError):
-    """A media-channel message that cannot be used (malformed, unknown kind, wrong version, bad
-    key); the connection carrying it is closed with this text."""
 
 
 # ----- the coalescing point of one direction -----------------------------------------------------

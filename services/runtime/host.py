@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from services.agents.registry import AgentRegistry
 from services.config import ModelSettings
-from services.errors import CallrayError, ConfigError
+from services.errors import CallSetupError, ConfigError
 from services.media.channel import Input, Outbox, command_outbox
 from services.media.vocabulary import CallSpec, Command
 from services.observability import metrics
@@ -26,14 +26,6 @@ from services.runtime.call_session import CallSession
 from services.runtime.events import EventSink
 
 logger = logging.getLogger(__name__)
-
-
-class CallSetupError(CallrayError):
-    """The call could not be opened (model unreachable, unknown agent, duplicate id)."""
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

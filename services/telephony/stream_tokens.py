@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from services.errors import ConfigError, MediaStreamProtocolError, UserError
+from services.errors import ConfigError, StreamTokenError, UserError
 
 __all__ = ["RedeemedToken", "StreamTokenError", "StreamTokenRejection", "StreamTokens"]
 
@@ -46,16 +46,6 @@ _NONCE_BYTES: Final = 16
 _MIN_SECRET_BYTES: Final = 16
 
 StreamTokenRejection = Literal["malformed", "forged", "wrong_call", "expired", "replayed"]
-
-
-class StreamTokenError(MediaStreamProtocolError):
-    """A stream token was refused; ``reason`` says why (one of :data:`StreamTokenRejection`)."""
-
-    def __init__(
-        self, message: str, *, reason: StreamTokenRejection, field: str | None = None
-    ) -> None:
-        super().__init__(message, field=field)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,29 +14,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import importlib
 import json
 import logging
 import signal
 import sys
 from collections.abc import Mapping, Sequence
 
+from services.agents.registry import load_object
 from services.errors import ConfigError
 from services.realtime.tools import FunctionTool
+from services.redis_client import connect as connect_redis
 from services.toolbus.executor import ToolExecutor
-from services.toolbus.redis_client import connect as connect_redis
 from services.toolbus.streams import EXECUTOR_GROUP
 
 
 def load_tools(spec: str) -> dict[str, FunctionTool]:
     """The tools at ``module:attribute``."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ConfigError(f"--tools must look like module:attribute, got {spec!r}")
-    try:
-        found = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot load tools {spec!r}: {exc}") from exc
+    found = load_object(spec, setting="--tools")
     tools = list(found.values()) if isinstance(found, Mapping) else found
     if not isinstance(tools, Sequence) or not all(isinstance(t, FunctionTool) for t in tools):
         raise ConfigError(f"{spec!r} is not a mapping or sequence of FunctionTool")

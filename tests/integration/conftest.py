@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.embedded.redis_server import EmbeddedRedis, bundled_redis_server
-from services.toolbus.redis_client import connect as connect_redis
+from services.redis_client import connect as connect_redis
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import pytest
 
 from services.agents.registry import load_agents
 from services.config import LocalModelSettings, ModelSettings, Secret
+from services.errors import CallSetupError
 from services.localmodel.server import LocalModelServer
 from services.media.vocabulary import (
     CallEnded,
@@ -25,7 +26,7 @@ from services.media.vocabulary import (
 )
 from services.realtime.tools import InProcessToolRunner
 from services.runtime.events import ListEventSink
-from services.runtime.host import CallHost, CallSetupError
+from services.runtime.host import CallHost
 from services.telephony.g711 import ulaw_encode
 from tests.conftest import TIMEOUT_FACTOR
 from tests.wire import WireValidator

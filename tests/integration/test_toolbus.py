@@ -19,6 +19,7 @@ from redis.backoff import NoBackoff
 
 from services.embedded.redis_server import EmbeddedRedis
 from services.realtime.tools import GENERIC_FAILURE, ToolCall, ToolContext, timeout_output
+from services.redis_client import connect as connect_redis
 from services.toolbus import (
     DEAD_LETTER_STREAM,
     EXECUTOR_GROUP,
@@ -30,7 +31,6 @@ from services.toolbus import (
     done_key,
     result_stream,
 )
-from services.toolbus.redis_client import connect as connect_redis
 from services.toolbus.streams import xadd_fields
 from tests.conftest import TIMEOUT_FACTOR
 from tests.integration.toolbus_tools import REDIS_URL_ENV, TOOLS

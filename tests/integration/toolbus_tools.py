@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from services.errors import ToolError
 from services.realtime.tools import FunctionTool, ToolContext, function_tool
-from services.toolbus.redis_client import connect as connect_redis
+from services.redis_client import connect as connect_redis
 
 REDIS_URL_ENV = "CALLRAY_TEST_REDIS_URL"
 RUNS_KEY = "test:runs"

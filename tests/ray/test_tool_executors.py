@@ -13,7 +13,7 @@ import pytest
 from actors.cluster import Cluster, start_cluster
 from services.config import ModelSettings, RuntimeSettings, Secret
 from services.realtime.tools import ToolCall, ToolContext
-from services.toolbus.redis_client import connect as connect_redis
+from services.redis_client import connect as connect_redis
 from services.toolbus.runner import RedisToolRunner
 from tests.integration.toolbus_tools import RUNS_KEY, SIDE_EFFECTS_KEY, record
 from tests.ray.scrape import scrape
