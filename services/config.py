@@ -78,9 +78,12 @@ class MediaSettings:
 
     # Caller audio gathered per input_audio_buffer.append to the model (a multiple of 20 ms).
     append_ms: int = 20
-    # Most model audio per media message to the caller, each followed by one mark; a barge-in
-    # truncates at the last acknowledged mark, so this is also the truncation's resolution.
-    chunk_ms: int = 20
+    # Most model audio per media message to the caller.
+    chunk_ms: int = 100
+    # A playback mark after at least this much audio (and at an item's end): each is a message
+    # to the caller and its echo back. A barge-in truncates at the last acknowledged mark, so
+    # this is also the truncation's resolution.
+    mark_ms: int = 100
     # Media-channel messages between an ingress and a host leave at most this often per
     # direction; what arrives meanwhile rides along.
     channel_interval_ms: float = 2.0
@@ -200,6 +203,7 @@ def load_media_settings(env: Mapping[str, str]) -> MediaSettings:
     return MediaSettings(
         append_ms=_frame_ms(env, "CALLRAY_APPEND_MS", d.append_ms, 200),
         chunk_ms=_frame_ms(env, "CALLRAY_MEDIA_CHUNK_MS", d.chunk_ms, 1000),
+        mark_ms=_frame_ms(env, "CALLRAY_MARK_MS", d.mark_ms, 1000),
         channel_interval_ms=interval,
     )
 

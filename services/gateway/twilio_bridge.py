@@ -70,10 +70,11 @@ class TwilioBridge:
         *,
         serializer: MediaStreamSerializer | None = None,
         chunk_ms: int = 20,
+        mark_ms: int = 20,
     ) -> None:
         self.serializer = serializer or TwilioSerializer()
         # No slack: the session truncates at what marks acknowledged, nothing guessed on top.
-        self.playback = TwilioPlayback(truncate_slack_ms=0, chunk_ms=chunk_ms)
+        self.playback = TwilioPlayback(truncate_slack_ms=0, chunk_ms=chunk_ms, mark_ms=mark_ms)
         self._tokens = tokens
         self.call_id: str | None = None
         self.stream_id: str | None = None

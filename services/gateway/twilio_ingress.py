@@ -249,7 +249,10 @@ class TwilioIngress:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
         await ws.prepare(request)
         bridge = TwilioBridge(
-            self._tokens, serializer=self._serializer(), chunk_ms=self._media.chunk_ms
+            self._tokens,
+            serializer=self._serializer(),
+            chunk_ms=self._media.chunk_ms,
+            mark_ms=self._media.mark_ms,
         )
         leg = TwilioLeg(ws, bridge, self._control)
         leg.reader = asyncio.create_task(self._read(leg))

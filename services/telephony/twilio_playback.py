@@ -14,11 +14,13 @@ audio queued before it has finished playing, or at once when a ``clear`` drops i
 
 Two differences from AJS, both deliberate:
 
-* AJS sends each model delta as one media message. We send the whole 20 ms frames (160 bytes of
-  8 kHz μ-law) of a delta in media messages of at most ``chunk_ms`` each, with a mark after
-  each message, so acknowledged playback has ``chunk_ms`` resolution whatever the delta size
-  (20 ms frames with a mark each were 100 messages per second per call); the sub-frame tail
-  waits for the item's next audio or its ``audio_done``.
+* AJS sends each model delta as one media message with a mark. We send the whole 20 ms frames
+  (160 bytes of 8 kHz μ-law) of a delta in media messages of at most ``chunk_ms`` each, and a
+  mark after a message once at least ``mark_ms`` of the item's audio went out unmarked (and
+  after a held-back tail, where the item's audio pauses), so acknowledged playback has ``mark_ms`` resolution whatever the delta size.
+  Every mark is a message each way (ours, then Twilio's echo): 20 ms frames with a mark each
+  made 150 messages per second per call on the caller leg. The sub-frame tail waits for the
+  item's next audio or its ``audio_done``.
 * AJS tells stale marks apart by remembering every name pending at a ``clear``. Our names carry the
   generation, so a mark from an older generation is recognised by its name alone.
 """
@@ -146,6 +148,7 @@ class _Item:
     item_id: str
     content_index: int
     sent_bytes: int = 0
+    marked_bytes: int = 0
     played_bytes: int = 0
     remainder: bytearray = dataclasses.field(default_factory=bytearray)
     done_sent: bool = False
@@ -162,12 +165,18 @@ class TwilioPlayback:
     """Playback tracker for one Twilio media stream. Not thread-safe; one owner per call."""
 
     def __init__(
-        self, *, truncate_slack_ms: float = TRUNCATE_SLACK_MS, chunk_ms: int = FRAME_MS
+        self,
+        *,
+        truncate_slack_ms: float = TRUNCATE_SLACK_MS,
+        chunk_ms: int = FRAME_MS,
+        mark_ms: int = FRAME_MS,
     ) -> None:
-        if chunk_ms < FRAME_MS or chunk_ms % FRAME_MS:
-            raise ValueError(f"chunk_ms must be a positive multiple of {FRAME_MS}, got {chunk_ms}")
+        for name, value in (("chunk_ms", chunk_ms), ("mark_ms", mark_ms)):
+            if value < FRAME_MS or value % FRAME_MS:
+                raise ValueError(f"{name} must be a positive multiple of {FRAME_MS}, got {value}")
         self._slack_ms = truncate_slack_ms
         self._chunk_bytes = chunk_ms * BYTES_PER_MS
+        self._mark_bytes = mark_ms * BYTES_PER_MS
         self._generation = 1
         self._sequence = 0
         self._items: dict[_Key, _Item] = {}  # insertion order = Twilio's playback order
@@ -217,13 +226,16 @@ class TwilioPlayback:
 
     def _flush(self, item: _Item, out: list[Outbound]) -> None:
         if item.remainder:
-            self._send(item, bytes(item.remainder), out)
+            # The item's audio pauses here (another item starts, or it is done): mark it.
+            self._send(item, bytes(item.remainder), out, mark=True)
             item.remainder.clear()
 
-    def _send(self, item: _Item, payload: bytes, out: list[Outbound]) -> None:
+    def _send(self, item: _Item, payload: bytes, out: list[Outbound], mark: bool = False) -> None:
         item.sent_bytes += len(payload)
         out.append(SendMedia(payload))
-        out.append(self._mark(item, "audio"))
+        if mark or item.sent_bytes - item.marked_bytes >= self._mark_bytes:
+            item.marked_bytes = item.sent_bytes
+            out.append(self._mark(item, "audio"))
 
     def _mark(self, item: _Item, kind: Literal["audio", "done"]) -> SendMark:
         self._sequence += 1

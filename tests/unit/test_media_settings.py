@@ -14,10 +14,11 @@ def test_defaults_and_overrides() -> None:
         {
             "CALLRAY_APPEND_MS": "60",
             "CALLRAY_MEDIA_CHUNK_MS": "200",
+            "CALLRAY_MARK_MS": "100",
             "CALLRAY_CHANNEL_INTERVAL_MS": "0.5",
         }
     )
-    assert media == MediaSettings(append_ms=60, chunk_ms=200, channel_interval_ms=0.5)
+    assert media == MediaSettings(append_ms=60, chunk_ms=200, mark_ms=100, channel_interval_ms=0.5)
     assert load_settings({"CALLRAY_APPEND_MS": "40"}).runtime.media.append_ms == 40
 
 

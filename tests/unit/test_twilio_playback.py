@@ -66,10 +66,39 @@ def test_chunks_carry_up_to_chunk_ms_of_whole_frames_with_one_mark_each() -> Non
     assert tracker.interrupt().truncations == (Truncation("item_a", 0, 60),)
 
 
-@pytest.mark.parametrize("chunk_ms", [0, 10, 30, -20])
-def test_chunk_ms_must_be_a_positive_multiple_of_a_frame(chunk_ms: int) -> None:
-    with pytest.raises(ValueError, match="multiple of 20"):
-        TwilioPlayback(chunk_ms=chunk_ms)
+def test_a_mark_follows_once_mark_ms_went_out_unmarked_and_at_the_items_end() -> None:
+    tracker = TwilioPlayback(mark_ms=60, truncate_slack_ms=0)
+    frames = [audio(FRAME_BYTES, start=n) for n in range(5)]
+    out = []
+    for frame in frames:  # five 20 ms deltas, as an echoing model sends them
+        out += tracker.on_model_audio("item_a", 0, frame)
+    assert out == [
+        SendMedia(frames[0]),
+        SendMedia(frames[1]),
+        SendMedia(frames[2]),
+        SendMark("item_a:60:g1:m1"),
+        SendMedia(frames[3]),
+        SendMedia(frames[4]),
+    ]
+    assert marks(tracker.on_audio_done("item_a")) == ["done:item_a:g1:m2"]
+    # Heard up to the first mark: the barge-in truncates there, not at what was merely sent.
+    echo(tracker, ["item_a:60:g1:m1"])
+    assert tracker.interrupt().truncations == (Truncation("item_a", 0, 60),)
+
+
+def test_the_done_mark_acknowledges_an_items_unmarked_tail() -> None:
+    tracker = TwilioPlayback(mark_ms=100)
+    tracker.on_model_audio("item_a", 0, audio(2 * FRAME_BYTES))
+    (done,) = marks(tracker.on_audio_done("item_a"))
+    (result,) = echo(tracker, [done])
+    assert result.outcome == "done" and result.played == Played("item_a", 0, 40.0)
+
+
+@pytest.mark.parametrize("setting", ["chunk_ms", "mark_ms"])
+@pytest.mark.parametrize("value", [0, 10, 30, -20])
+def test_chunk_and_mark_ms_must_be_positive_multiples_of_a_frame(setting: str, value: int) -> None:
+    with pytest.raises(ValueError, match=f"{setting} must be a positive multiple of 20"):
+        TwilioPlayback(**{setting: value})
 
 
 def test_audio_is_cut_into_20ms_frames_each_followed_by_a_mark() -> None:
