@@ -17,10 +17,10 @@ Two differences from AJS, both deliberate:
 * AJS sends each model delta as one media message with a mark. We send the whole 20 ms frames
   (160 bytes of 8 kHz μ-law) of a delta in media messages of at most ``chunk_ms`` each, and a
   mark after a message once at least ``mark_ms`` of the item's audio went out unmarked (and
-  after a held-back tail, where the item's audio pauses), so acknowledged playback has ``mark_ms`` resolution whatever the delta size.
-  Every mark is a message each way (ours, then Twilio's echo): 20 ms frames with a mark each
-  made 150 messages per second per call on the caller leg. The sub-frame tail waits for the
-  item's next audio or its ``audio_done``.
+  after a held-back tail, where the item's audio pauses), so acknowledged playback has
+  ``mark_ms`` resolution whatever the delta size. Every mark is a message each way (ours, then
+  Twilio's echo): 20 ms frames with a mark each made 150 messages per second per call on the
+  caller leg. The sub-frame tail waits for the item's next audio or its ``audio_done``.
 * AJS tells stale marks apart by remembering every name pending at a ``clear``. Our names carry the
   generation, so a mark from an older generation is recognised by its name alone.
 """
