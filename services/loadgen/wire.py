@@ -19,10 +19,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
-from binascii import a2b_base64, b2a_base64
+from binascii import b2a_base64
 from collections.abc import Mapping
 from json.encoder import encode_basestring_ascii
 from typing import Any, Final, TypeAlias
+
+import pybase64
 
 from services.errors import MediaStreamProtocolError
 from services.telephony.media_streams.base import (
@@ -208,9 +210,9 @@ class TwilioCallerCodec:
         payload = _between(message, self._app_media)
         if payload is not None:
             try:
-                # strict_mode accepts only base64 characters with proper padding: a subset of
-                # what b64decode(validate=True) accepts, decoded the same.
-                return PlayMedia(a2b_base64(payload, strict_mode=True))
+                # The decoder the strict path uses (JsonFields.base64_bytes), so the two agree on
+                # every payload, padding errors included.
+                return PlayMedia(pybase64.b64decode(payload, validate=True))
             except ValueError:  # binascii.Error
                 return None
         name = _between(message, self._app_mark)

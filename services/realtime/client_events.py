@@ -6,9 +6,10 @@ sent per audio frame, so :func:`encode_audio_append` serialises it without build
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Any
+
+import pybase64
 
 from services.errors import RealtimeProtocolError
 from services.realtime.wire import JSON, EventRegistry, WireEvent
@@ -99,7 +100,7 @@ def encode_audio_append(audio: bytes) -> str:
     """
     return (
         '{"type":"input_audio_buffer.append","audio":"'
-        + base64.b64encode(audio).decode("ascii")
+        + pybase64.b64encode(audio).decode("ascii")
         + '"}'
     )
 

@@ -446,3 +446,20 @@ def test_templated_frames_are_byte_identical_to_json_dumps(sid: str, name: str) 
     assert serializer.encode_media(sid, audio) == json.dumps(media, separators=compact)
     mark = {"event": "mark", "streamSid": sid, "mark": {"name": name}}
     assert serializer.encode_mark(sid, name) == json.dumps(mark, separators=compact)
+
+
+@pytest.mark.parametrize("frame", ["[" * 60_000, '{"a":' * 9_000 + "1" + "}" * 9_000])
+def test_deep_nesting_under_the_size_cap_is_a_protocol_error(
+    started: TwilioSerializer, frame: str
+) -> None:
+    # 60,000 brackets fit in the 64 KiB cap; the standard library's parser raised RecursionError
+    # on them, which nothing caught: the stream's reader died without a log line.
+    with pytest.raises(MediaStreamProtocolError, match="not valid JSON"):
+        started.parse(frame)
+
+
+def test_excess_base64_padding_is_refused_on_every_path(started: TwilioSerializer) -> None:
+    payload = base64.b64encode(b"\xff" * 159).decode() + "="  # one '=' too many
+    frame = json.dumps({"event": "media", "streamSid": STREAM_SID, "media": {"payload": payload}})
+    with pytest.raises(MediaStreamProtocolError, match="not valid base64"):
+        started.parse(frame)

@@ -15,7 +15,6 @@ writes it to its socket; tests collect it in a list). It owns the behaviour both
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import logging
@@ -23,6 +22,9 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
+
+import orjson
+import pybase64
 
 from services.errors import (
     CallrayError,
@@ -327,7 +329,7 @@ class OpenAIRealtimeBase(EventEmitter):
             self._protocol_error(RealtimeProtocolError("binary frame from the model server"), None)
             return None
         try:
-            data = json.loads(text)
+            data = orjson.loads(text)  # 3x json.loads on a delta (bench/codecs.py)
         except ValueError as exc:
             self._protocol_error(
                 RealtimeProtocolError(f"malformed JSON from the model: {exc}"), None
@@ -358,7 +360,7 @@ class OpenAIRealtimeBase(EventEmitter):
 
     def _on_audio_delta(self, event: se.OutputAudioDelta) -> None:
         try:
-            data = base64.b64decode(event.delta, validate=True)
+            data = pybase64.b64decode(event.delta, validate=True)
         except (binascii.Error, TypeError, ValueError) as exc:
             raise RealtimeProtocolError("audio delta is not valid base64", field="delta") from exc
         key = (event.item_id, event.content_index)

@@ -12,13 +12,14 @@ rather than bridged into the wrong call.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import enum
 import json
 import json.encoder
 from collections.abc import Callable
 from typing import Any, Final
+
+import pybase64
 
 from services.errors import MediaStreamProtocolError
 from services.telephony.media_streams.base import (
@@ -73,7 +74,7 @@ def _fast_media(media: object) -> MediaReceived | None:
     if "chunk" in media and (chunk := counter_value(media["chunk"])) is None:
         return None
     try:
-        audio = base64.b64decode(payload, validate=True)
+        audio = pybase64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         return None
     return MediaReceived(payload=audio, timestamp_ms=timestamp, chunk=chunk, track=track)
@@ -206,7 +207,7 @@ class TwilioSerializer(MediaStreamSerializer):
     def encode_media(self, stream_id: str, audio: bytes) -> str:
         """Raw μ-law 8 kHz, no file header (a WAV header would play as noise); Twilio buffers
         media and plays it in order, so any size is fine."""
-        payload = base64.b64encode(audio).decode("ascii")
+        payload = pybase64.b64encode(audio).decode("ascii")
         sid = self._quoted_sid(stream_id)
         return f'{{"event":"media","streamSid":{sid},"media":{{"payload":"{payload}"}}}}'
 
