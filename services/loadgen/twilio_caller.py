@@ -30,7 +30,7 @@ from services.loadgen.frame_tags import TAG_BYTES, TagScanner, tag_frame
 from services.loadgen.measurements import BargeIn, CallStats, EchoLedger
 from services.loadgen.playback import TwilioPlaybackBuffer
 from services.loadgen.wire import (
-    ClearPlayback,
+    PlayClear,
     PlayMark,
     PlayMedia,
     StreamIdentity,
@@ -161,7 +161,7 @@ class TwilioCaller:
         if isinstance(event, PlayMark):
             self.stats.marks_received += 1
             return self._echo_marks(self.playback.add_mark(event.name))
-        if isinstance(event, ClearPlayback):
+        if isinstance(event, PlayClear):
             return self._on_clear(now)
         self.stats.unknown_messages += 1
         return []

@@ -36,7 +36,7 @@ from services.telephony.media_streams.base import (
 
 __all__ = [
     "AppMessage",
-    "ClearPlayback",
+    "PlayClear",
     "PlayMark",
     "PlayMedia",
     "StreamIdentity",
@@ -82,11 +82,11 @@ class PlayMark:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ClearPlayback:
+class PlayClear:
     """The app asks to drop all buffered audio (and get every pending mark back at once)."""
 
 
-AppMessage: TypeAlias = PlayMedia | PlayMark | ClearPlayback | UnknownStreamEvent
+AppMessage: TypeAlias = PlayMedia | PlayMark | PlayClear | UnknownStreamEvent
 
 
 def _dumps(message: dict[str, Any]) -> str:
@@ -238,4 +238,4 @@ class TwilioCallerCodec:
             return PlayMedia(payload=fields.child("media").base64_bytes("payload"))
         if event == "mark":
             return PlayMark(name=fields.child("mark").text("name"))
-        return ClearPlayback()
+        return PlayClear()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 from services.errors import RealtimeProtocolError
+from services.json_kinds import KIND_NAMES, json_kind
 
 _MISSING = dataclasses.MISSING
 JSON = dict[str, Any]
@@ -64,7 +65,7 @@ class WireEvent:
             ):
                 raise RealtimeProtocolError(
                     f"{cls.TYPE} field {spec.name!r} must be {_describe(spec.kinds)}, "
-                    f"got {_json_kind(value)}",
+                    f"got {json_kind(value)}",
                     field=spec.name,
                 )
             kwargs[spec.name] = value
@@ -81,15 +82,7 @@ class WireEvent:
         return out
 
 
-_KIND_NAMES = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "a boolean",
-    dict: "an object",
-    list: "an array",
-    type(None): "null",
-}
+_KIND_NAMES = KIND_NAMES
 
 
 def _describe(kinds: tuple[type, ...]) -> str:
@@ -97,10 +90,6 @@ def _describe(kinds: tuple[type, ...]) -> str:
     if "an integer" in names and "a number" in names:
         names.remove("an integer")
     return " or ".join(names)
-
-
-def _json_kind(value: Any) -> str:
-    return _KIND_NAMES.get(type(value), type(value).__name__)
 
 
 def _kinds_of(annotation: Any) -> tuple[type, ...]:

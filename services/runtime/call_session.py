@@ -130,7 +130,7 @@ class CallSession(CallControl):
     # ----- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect the model and start the mailbox. Raises if the model cannot be reached."""
+        """Connect the model and greet. Raises if the model cannot be reached."""
         self._loop = asyncio.get_running_loop()
         begin = self._clock()
         await self.session.connect(api_key=self._model.api_key.value or None, url=self._model_url)

@@ -29,7 +29,7 @@ from services.loadgen.twiml_reader import (
     rebase_stream_url,
 )
 from services.loadgen.wire import (
-    ClearPlayback,
+    PlayClear,
     PlayMark,
     PlayMedia,
     StreamIdentity,
@@ -131,7 +131,7 @@ def test_app_messages_parse_from_what_the_ingress_serializer_encodes() -> None:
     codec = TwilioCallerCodec(IDS)
     assert codec.parse(APP.encode_media(SID, b"\x01\x02")) == PlayMedia(b"\x01\x02")
     assert codec.parse(APP.encode_mark(SID, "m1")) == PlayMark("m1")
-    assert codec.parse(APP.encode_clear(SID)) == ClearPlayback()
+    assert codec.parse(APP.encode_clear(SID)) == PlayClear()
     assert isinstance(codec.parse('{"event": "dtmf", "streamSid": "x"}'), UnknownStreamEvent)
     with pytest.raises(MediaStreamProtocolError, match="streamSid"):
         codec.parse(APP.encode_clear("MZ" + "9" * 32))

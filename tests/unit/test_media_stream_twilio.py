@@ -203,7 +203,7 @@ BAD_BEFORE_START: list[tuple[str, str, str | None, str]] = [
     ("[1, 2]", "must be a JSON object, got an array", None, "array"),
     ('"media"', "must be a JSON object, got a string", None, "string"),
     ('{"streamSid": "MZ1"}', "missing event", "event", "no-event"),
-    ('{"event": 5}', "event must be a string, got a number", "event", "event-not-string"),
+    ('{"event": 5}', "event must be a string, got an integer", "event", "event-not-string"),
     (
         mutated("start", "start.callSid", DELETE),
         "missing start.callSid",

@@ -35,6 +35,7 @@ import orjson
 import pybase64
 
 from services.errors import MediaStreamProtocolError, UserError
+from services.json_kinds import json_kind
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -223,7 +224,7 @@ def load_json_object(message: str | bytes, *, max_bytes: int, provider: str) -> 
         raise MediaStreamProtocolError(f"{provider} message is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise MediaStreamProtocolError(
-            f"{provider} message must be a JSON object, got {_json_kind(data)}"
+            f"{provider} message must be a JSON object, got {json_kind(data)}"
         )
     return data
 
@@ -322,19 +323,5 @@ class JsonFields:
     def _wrong_type(self, key: str, expected: str, value: object) -> NoReturn:
         path = self.path_of(key)
         raise MediaStreamProtocolError(
-            f"{self._context}: {path} must be {expected}, got {_json_kind(value)}", field=path
+            f"{self._context}: {path} must be {expected}, got {json_kind(value)}", field=path
         )
-
-
-def _json_kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
