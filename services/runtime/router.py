@@ -3,7 +3,8 @@
 ``actors/router.py`` runs it as the named, detached ``callray-router`` actor; here it talks to
 hosts through :class:`HostLike`, so it is tested with fakes. ``open_call`` reserves a seat
 synchronously (see :mod:`placement`) before its first ``await``, which is what makes admission
-exact under bursts.
+exact under bursts. Time passes only through the injected ``sleep`` (the health loop's interval,
+a drain's polling), so tests run the health checks and drains in virtual time.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from services.errors import CallrayError
@@ -60,6 +62,7 @@ class RouterCore:
         health_interval_s: float = 1.0,
         ping_timeout_s: float = 2.0,
         misses_before_lost: int = 2,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.placement = Placement(cluster_capacity)
         self._hosts: dict[str, _Host] = {}
@@ -68,6 +71,7 @@ class RouterCore:
         self._interval = health_interval_s
         self._ping_timeout = ping_timeout_s
         self._misses = misses_before_lost
+        self._sleep = sleep
         self._tasks: set[asyncio.Task[None]] = set()
         self.released: list[str] = []
         self.lost: list[str] = []
@@ -92,7 +96,7 @@ class RouterCore:
         while not self.placement.drained(host_id):
             if host_id not in self._hosts:
                 return  # lost while draining
-            await asyncio.sleep(0.05)
+            await self._sleep(0.05)
         host = self._hosts.pop(host_id, None)
         self.placement.remove_host(host_id)
         if host is None:
@@ -153,8 +157,13 @@ class RouterCore:
 
     async def _health_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
-            await asyncio.gather(*(self._check(h) for h in list(self._hosts)))
+            await self._sleep(self._interval)
+            await self.check_hosts()
+
+    async def check_hosts(self) -> None:
+        """One round of health checks: every host is pinged; ``misses_before_lost`` rounds in a
+        row without an answer make it lost."""
+        await asyncio.gather(*(self._check(h) for h in list(self._hosts)))
 
     async def _check(self, host_id: str) -> None:
         host = self._hosts.get(host_id)

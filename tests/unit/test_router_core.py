@@ -1,0 +1,94 @@
+"""RouterCore in virtual time: health checks, a lost host's calls, a drain's release — driven
+round by round through the injected sleep, with fake hosts; nothing waits on a wall clock."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from services.errors import TransportError
+from services.media.vocabulary import CallSpec
+from services.runtime.events import ListEventSink
+from services.runtime.router import HOST_LOST, Opened, RouterCore
+
+
+class FakeHost:
+    def __init__(self) -> None:
+        self.answers = True
+        self.shut_down = False
+        self.killed = False
+
+    async def open_call(self, spec: CallSpec) -> float:
+        return 0.001
+
+    async def ping(self, limit_s: float) -> Any:
+        if not self.answers:
+            raise TransportError("no answer")
+        return 0
+
+    async def shutdown(self, limit_s: float) -> None:
+        self.shut_down = True
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+class VirtualTime:
+    """The router's sleep: records each wait and lets the test decide when it ends."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        await asyncio.sleep(0)
+
+
+async def test_a_host_is_lost_after_the_missed_rounds_and_its_calls_end() -> None:
+    events = ListEventSink()
+    core = RouterCore(cluster_capacity=10, events=events, misses_before_lost=2)
+    good, bad = FakeHost(), FakeHost()
+    core.register_host("good", good, "good-handle", 5, 1)
+    core.register_host("bad", bad, "bad-handle", 5, 2)
+    placed = [await core.open_call(CallSpec(f"c{n}")) for n in range(4)]
+    on_bad = [o.call_id for o in placed if isinstance(o, Opened) and o.host_id == "bad"]
+    assert on_bad
+    bad.answers = False
+    await core.check_hosts()
+    assert core.lost == []  # one missed round is not enough
+    await core.check_hosts()
+    assert core.lost == ["bad"]
+    ended = [
+        (call, fields["reason"]) for kind, call, fields in events.events if kind == "call.ended"
+    ]
+    assert sorted(ended) == sorted((c, HOST_LOST) for c in on_bad)
+    again = await core.open_call(CallSpec("after"))
+    assert isinstance(again, Opened) and again.host_id == "good"
+
+
+async def test_an_answer_between_misses_resets_the_count() -> None:
+    core = RouterCore(cluster_capacity=10, events=ListEventSink(), misses_before_lost=2)
+    host = FakeHost()
+    core.register_host("h", host, "handle", 5, 1)
+    for answers in (False, True, False, True, False):
+        host.answers = answers
+        await core.check_hosts()
+    assert core.lost == []
+
+
+async def test_a_drained_host_is_released_once_its_last_call_ends() -> None:
+    clock = VirtualTime()
+    core = RouterCore(cluster_capacity=10, events=ListEventSink(), sleep=clock.sleep)
+    host = FakeHost()
+    core.register_host("h", host, "handle", 5, 1)
+    opened = await core.open_call(CallSpec("c1"))
+    assert isinstance(opened, Opened)
+    assert core.drain("h")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert core.released == [] and not host.shut_down and clock.slept  # polling, virtually
+    core.release("c1")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert core.released == ["h"] and host.shut_down and host.killed
+    await core.close()
