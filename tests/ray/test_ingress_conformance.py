@@ -4,7 +4,8 @@ session host, a tool executor, an IngressActor), a real Redis, the local model i
 event loop (so the test reads what reached the model) and real sockets.
 
 A new adapter (WebRTC, SIP, another media-stream provider) adds its simulated caller to
-``tests/ray/callers.py``; nothing here changes.
+``tests/ray/callers.py``; nothing here changes. (This suite replaced ``test_twilio_e2e.py``,
+whose checks it runs for every adapter.)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -29,12 +31,14 @@ from services.config import (
     RuntimeSettings,
     Secret,
 )
+from services.gateway.token_ledger import KEY_PREFIX
 from services.localmodel.scenario import parse_scenario
 from services.localmodel.server import LocalModelServer
 from services.telephony.g711 import ulaw_encode
 from services.toolbus.streams import CALL_EVENTS_STREAM
 from tests.conftest import TIMEOUT_FACTOR
 from tests.ray.callers import ADAPTERS, AUTH_TOKEN, Caller, make_caller
+from tests.ray.scrape import parse_samples
 from tests.wire import WireValidator
 
 pytestmark = [
@@ -99,6 +103,13 @@ class System:
                 if event.get("call_id") == call_id:
                     out.append(event)
             return out
+        finally:
+            r.close()
+
+    def tokens_claimed(self) -> int:
+        r = redis.Redis.from_url(self.redis_url)
+        try:
+            return len(r.keys(KEY_PREFIX + "*"))
         finally:
             r.close()
 
@@ -170,11 +181,14 @@ async def dial(request: pytest.FixtureRequest, system: System) -> AsyncIterator[
 
 
 async def test_the_greeting_is_heard(system: System, dial: Any) -> None:
+    claimed = system.tokens_claimed()
     caller = await dial()
     await until(lambda: caller.played_audio >= 8 * 500, "half a second of greeting played")
     assert caller.closed_reason is None
     kinds = [e["kind"] for e in system.events(caller.call_id)]
     assert kinds[0] == "call.started"
+    # The call's single-use token was claimed in the cluster's Redis before it opened.
+    assert system.tokens_claimed() == claimed + 1
 
 
 async def test_barge_in_clears_and_truncates_at_the_heard_point(system: System, dial: Any) -> None:
@@ -187,6 +201,11 @@ async def test_barge_in_clears_and_truncates_at_the_heard_point(system: System, 
     truncate = system.truncates()[before]
     heard = caller.acked_at_clear.get(truncate["item_id"], 0)
     assert heard >= 300 and truncate["audio_end_ms"] == heard, (truncate, heard)
+    # The node's metrics show how long the clear took and the host → ingress hop.
+    async with aiohttp.ClientSession() as http, http.get(f"{system.base_url}/metrics") as reply:
+        text = await reply.text()
+    assert parse_samples(text).get("callray_barge_in_clear_seconds_count", 0) >= 1, text
+    assert 'callray_media_hop_seconds_count{direction="out"}' in text
 
 
 async def test_audio_queued_but_never_heard_is_truncated_at_zero(system: System, dial: Any) -> None:
