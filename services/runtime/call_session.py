@@ -167,7 +167,8 @@ class CallSession(CallControl):
         pending = self._pending_audio
         pending += data
         if len(pending) >= self._append_bytes:
-            self.session.send_audio(bytes(pending))
+            # Straight to the transport: RealtimeSession.send_audio only forwards to it.
+            self.transport.send_audio(bytes(pending))
             pending.clear()
 
     def push(self, message: CallInput) -> None:
