@@ -1,11 +1,14 @@
-"""A small simulated Twilio caller for end-to-end tests: follows the TwiML, streams paced
+"""A small interactive Twilio caller for end-to-end tests: follows the TwiML, streams paced
 μ-law, plays received audio in real time and echoes each mark once the audio before it has
-played, honours ``clear`` by dropping its buffer and echoing pending marks."""
+played, honours ``clear`` by dropping its buffer and echoing pending marks. Tests drive it step
+by step (speak now, hold playback, press a key, hang up); the load generator's scripted caller
+cannot be. Every Twilio message it sends or reads goes through the load generator's codec
+(:class:`~services.loadgen.wire.TwilioCallerCodec`), so there is one caller-side Twilio
+encoder; ``_send`` is for the tests' deliberately odd frames."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import uuid
 import xml.etree.ElementTree as ET
@@ -15,6 +18,14 @@ from typing import Any
 
 import aiohttp
 import websockets
+
+from services.loadgen.wire import (
+    PlayClear,
+    PlayMark,
+    PlayMedia,
+    StreamIdentity,
+    TwilioCallerCodec,
+)
 
 
 class TwilioCaller:
@@ -39,7 +50,9 @@ class TwilioCaller:
         self._tasks: list[asyncio.Task[None]] = []
         self.to_send: asyncio.Queue[bytes] = asyncio.Queue()
         self._hold = False  # playback paused until the next clear (see speak)
-        self.events: list[dict[str, Any]] = []
+        self.codec = TwilioCallerCodec(
+            StreamIdentity("AC" + "0" * 32, self.call_sid, self.stream_sid)
+        )
 
     async def dial(self, **form: str) -> str:
         data = {
@@ -59,22 +72,8 @@ class TwilioCaller:
         assert stream is not None, twiml
         params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
         self._ws = await websockets.connect(stream.get("url", ""))
-        await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        await self._send(
-            {
-                "event": "start",
-                "sequenceNumber": "1",
-                "streamSid": self.stream_sid,
-                "start": {
-                    "streamSid": self.stream_sid,
-                    "accountSid": "AC" + "0" * 32,
-                    "callSid": self.call_sid,
-                    "tracks": ["inbound"],
-                    "customParameters": params,
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                },
-            }
-        )
+        await self._ws.send(self.codec.connected())
+        await self._ws.send(self.codec.start(params))
         self._tasks = [asyncio.create_task(self._recv()), asyncio.create_task(self._tick())]
         return twiml
 
@@ -82,20 +81,18 @@ class TwilioCaller:
         await self._ws.send(json.dumps(message))
 
     async def send_dtmf(self, digit: str) -> None:
-        await self._send({"event": "dtmf", "streamSid": self.stream_sid, "dtmf": {"digit": digit}})
+        await self._ws.send(self.codec.dtmf(digit))
 
     async def _recv(self) -> None:
         try:
             async for raw in self._ws:
-                msg = json.loads(raw)
-                self.events.append(msg)
-                if msg["event"] == "media":
-                    audio = base64.b64decode(msg["media"]["payload"])
-                    self.received_audio += len(audio)
-                    self._buffer.append(audio)
-                elif msg["event"] == "mark":
-                    self._buffer.append(msg["mark"]["name"])
-                elif msg["event"] == "clear":
+                msg = self.codec.parse(raw)
+                if isinstance(msg, PlayMedia):
+                    self.received_audio += len(msg.payload)
+                    self._buffer.append(msg.payload)
+                elif isinstance(msg, PlayMark):
+                    self._buffer.append(msg.name)
+                elif isinstance(msg, PlayClear):
                     self.clears += 1
                     self._hold = False
                     # What had really been heard; the echoes below only mean "discarded".
@@ -111,7 +108,7 @@ class TwilioCaller:
             self.closed_reason = self._ws.close_reason or "closed"
 
     async def _echo(self, name: str) -> None:
-        await self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+        await self._ws.send(self.codec.mark(name))
         parts = name.split(":")
         if len(parts) == 4 and parts[1].isdigit():
             self.acked[parts[0]] = max(self.acked.get(parts[0], 0), int(parts[1]))
@@ -125,18 +122,7 @@ class TwilioCaller:
             payload = self.to_send.get_nowait() if not self.to_send.empty() else b"\xff" * 160
             chunk += 1
             try:
-                await self._send(
-                    {
-                        "event": "media",
-                        "streamSid": self.stream_sid,
-                        "media": {
-                            "track": "inbound",
-                            "chunk": str(chunk),
-                            "timestamp": str(chunk * 20),
-                            "payload": base64.b64encode(payload).decode(),
-                        },
-                    }
-                )
+                await self._ws.send(self.codec.media(chunk, (chunk - 1) * 20, payload))
             except websockets.ConnectionClosed:
                 return
             budget = 160
@@ -170,13 +156,7 @@ class TwilioCaller:
 
     async def hang_up(self) -> None:
         try:
-            await self._send(
-                {
-                    "event": "stop",
-                    "streamSid": self.stream_sid,
-                    "stop": {"accountSid": "AC" + "0" * 32, "callSid": self.call_sid},
-                }
-            )
+            await self._ws.send(self.codec.stop())
         except websockets.ConnectionClosed:
             pass
         await self.close()

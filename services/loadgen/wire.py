@@ -175,6 +175,17 @@ class TwilioCallerCodec:
             f"{encode_basestring_ascii(name)}}}}}"
         )
 
+    def dtmf(self, digit: str) -> str:
+        """The caller pressed a key (``tests/fixtures/twilio/dtmf.json``)."""
+        return _dumps(
+            {
+                "event": "dtmf",
+                "streamSid": self.identity.stream_sid,
+                "sequenceNumber": self._next_sequence(),
+                "dtmf": {"track": "inbound_track", "digit": digit},
+            }
+        )
+
     def stop(self) -> str:
         ids = self.identity
         return _dumps(

@@ -363,3 +363,16 @@ def test_options_pick_exactly_the_barge_in_share_and_reject_nonsense() -> None:
             LoadOptions(**bad)
     with pytest.raises(UserError, match="too short"):
         LoadOptions(duration_s=0.5, barge_in_rate=0.5)
+
+
+def test_the_codecs_dtmf_is_what_twilio_sends_and_the_ingress_reads() -> None:
+    from services.telephony.media_streams import DtmfReceived
+
+    codec = TwilioCallerCodec(IDS)
+    ingress = TwilioSerializer()
+    ingress.parse(codec.connected())
+    ingress.parse(codec.start({}))
+    message = json.loads(codec.dtmf("#"))
+    fixture = json.loads((FIXTURES / "dtmf.json").read_text())
+    assert set(message) == set(fixture) and set(message["dtmf"]) == set(fixture["dtmf"])
+    assert ingress.parse(codec.dtmf("#")) == DtmfReceived("#")
