@@ -12,13 +12,13 @@ import asyncio
 import json
 import uuid
 import xml.etree.ElementTree as ET
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import websockets
 
+from services.loadgen.playback import TwilioPlaybackBuffer
 from services.loadgen.wire import (
     PlayClear,
     PlayMark,
@@ -39,13 +39,15 @@ class TwilioCaller:
         self.call_sid = "CA" + uuid.uuid4().hex
         self.stream_sid = "MZ" + uuid.uuid4().hex
         self.received_audio = 0  # bytes of model audio received
-        self.played_audio = 0
         self.clears = 0
         self.closed_reason: str | None = None
         self.closed_code: int | None = None
         self.acked: dict[str, int] = {}  # item id -> ms acknowledged through echoed marks
         self.acked_at_clear: dict[str, int] = {}
-        self._buffer: deque[bytes | str] = deque()  # audio chunks and mark names, in order
+        # Twilio's playback buffer as the load generator simulates it: plays on the 20 ms tick,
+        # echoes a mark once the audio before it has played, drops all at a clear.
+        self.playback = TwilioPlaybackBuffer()
+        self._held_marks: list[str] = []  # marks that arrived while playback was held
         self._ws: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self.to_send: asyncio.Queue[bytes] = asyncio.Queue()
@@ -89,16 +91,19 @@ class TwilioCaller:
                 msg = self.codec.parse(raw)
                 if isinstance(msg, PlayMedia):
                     self.received_audio += len(msg.payload)
-                    self._buffer.append(msg.payload)
+                    self.playback.add_audio(len(msg.payload))
                 elif isinstance(msg, PlayMark):
-                    self._buffer.append(msg.name)
+                    if self._hold:
+                        self._held_marks.append(msg.name)
+                    else:
+                        for name in self.playback.add_mark(msg.name):
+                            await self._echo(name)
                 elif isinstance(msg, PlayClear):
                     self.clears += 1
                     self._hold = False
                     # What had really been heard; the echoes below only mean "discarded".
                     self.acked_at_clear = dict(self.acked)
-                    marks = [m for m in self._buffer if isinstance(m, str)]
-                    self._buffer.clear()
+                    marks, self._held_marks = self.playback.clear() + self._held_marks, []
                     for name in marks:
                         await self._echo(name)
         except websockets.ConnectionClosed as exc:
@@ -125,24 +130,16 @@ class TwilioCaller:
                 await self._ws.send(self.codec.media(chunk, (chunk - 1) * 20, payload))
             except websockets.ConnectionClosed:
                 return
-            budget = 160
-            while (
-                not self._hold and self._buffer and (budget > 0 or isinstance(self._buffer[0], str))
-            ):
-                head = self._buffer[0]
-                if isinstance(head, str):
-                    self._buffer.popleft()
-                    await self._echo(head)
-                    continue
-                take = min(budget, len(head))
-                self.played_audio += take
-                budget -= take
-                if take == len(head):
-                    self._buffer.popleft()
-                else:
-                    self._buffer[0] = head[take:]
+            if not self._hold:
+                for name in self.playback.tick():
+                    await self._echo(name)
             next_at += 0.02
             await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+    @property
+    def played_audio(self) -> int:
+        """Bytes of model audio the caller has heard in full."""
+        return self.playback.played_bytes
 
     def speak(self, audio: bytes, *, hold_playback: bool = False) -> None:
         """Send ``audio`` as the caller's next media. ``hold_playback`` pauses playback (and so
