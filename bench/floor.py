@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import multiprocessing
 import socket
@@ -27,7 +26,6 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "floor.json"
-STREAM = "MZ" + "0" * 32
 
 
 def _serve(port: int, ready: Any) -> None:
@@ -57,48 +55,26 @@ def _serve(port: int, ready: Any) -> None:
     aio.run(main())
 
 
-def _start(call: int) -> str:
-    return json.dumps(
-        {
-            "event": "start",
-            "streamSid": STREAM,
-            "start": {
-                "streamSid": STREAM,
-                "accountSid": "AC" + "0" * 32,
-                "callSid": f"CA{call:032d}",
-                "tracks": ["inbound"],
-                "customParameters": {},
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            },
-        }
-    )
-
-
 async def _callers(port: int, calls: int, seconds: float) -> None:
     import websockets
 
-    payload = base64.b64encode(b"\xff" * 160).decode()
+    from services.loadgen.wire import StreamIdentity, TwilioCallerCodec
+
     loop = asyncio.get_running_loop()
     begin = loop.time()
+    audio = b"\xff" * 160
 
     async def caller(n: int) -> None:
+        # Twilio's messages, written by the load generator's codec (as in bench/calls.py).
+        codec = TwilioCallerCodec(StreamIdentity.generate("AC" + "0" * 32))
         async with websockets.connect(f"ws://127.0.0.1:{port}/media", compression=None) as ws:
-            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1"}))
-            await ws.send(_start(n))
+            await ws.send(codec.connected())
+            await ws.send(codec.start({}))
             await asyncio.sleep(n * 0.02 / calls)
             t0, k = loop.time(), 0
             while loop.time() - begin < seconds:
                 k += 1
-                media = {"track": "inbound", "chunk": str(k), "timestamp": str(k * 20)}
-                await ws.send(
-                    json.dumps(
-                        {
-                            "event": "media",
-                            "streamSid": STREAM,
-                            "media": {**media, "payload": payload},
-                        }
-                    )
-                )
+                await ws.send(codec.media(k, (k - 1) * 20, audio))
                 await asyncio.sleep(max(0.0, t0 + k * 0.02 - loop.time()))
 
     await asyncio.gather(*(caller(n) for n in range(calls)))

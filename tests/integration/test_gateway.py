@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 import websockets
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 from twilio.request_validator import RequestValidator
 
@@ -35,6 +34,7 @@ from services.runtime.router import RouterCore
 from services.telephony.stream_tokens import StreamTokens
 from tests.conftest import TIMEOUT_FACTOR
 from tests.twilio_caller import TwilioCaller
+from tests.twilio_rest_stand_in import TwilioRestStandIn
 from tests.wire import WireValidator
 
 pytestmark = pytest.mark.integration
@@ -263,16 +263,9 @@ async def test_transfer_tool_redirects_the_call_through_twilio_rest(
 ) -> None:
     """The model calls transfer_to_human; the gateway asks Twilio's REST API (a local stand-in)
     to <Dial> the queue, then closes the stream."""
-    updates: list[tuple[str, dict[str, str]]] = []
-
-    async def update_call(request: web.Request) -> web.Response:
-        updates.append((request.path, {k: str(v) for k, v in (await request.post()).items()}))
-        return web.json_response({"sid": request.match_info["sid"], "status": "in-progress"})
-
-    stand_in = web.Application()
-    stand_in.router.add_post("/2010-04-01/Accounts/{account}/Calls/{sid}.json", update_call)
-    twilio_api = TestServer(stand_in, host="127.0.0.1")
-    await twilio_api.start_server()
+    twilio_api = TwilioRestStandIn()
+    await twilio_api.start()
+    updates = twilio_api.updates
     scenario = tmp_path / "transfer.json"
     scenario.write_text(
         json.dumps(
@@ -290,9 +283,10 @@ async def test_transfer_tool_redirects_the_call_through_twilio_rest(
         )
     )
     try:
-        async with running_gateway(
-            wire, scenario=str(scenario), api_base=f"http://127.0.0.1:{twilio_api.port}"
-        ) as (base, host):
+        async with running_gateway(wire, scenario=str(scenario), api_base=twilio_api.base_url) as (
+            base,
+            host,
+        ):
             caller = SignedCaller(base)
             await caller.dial()
             await until(lambda: caller.closed_reason is not None, "the transfer")

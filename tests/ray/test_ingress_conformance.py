@@ -20,8 +20,6 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import redis
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from actors.cluster import Cluster, start_cluster
 from services.config import (
@@ -35,10 +33,11 @@ from services.gateway.token_ledger import KEY_PREFIX
 from services.localmodel.scenario import parse_scenario
 from services.localmodel.server import LocalModelServer
 from services.telephony.g711 import ulaw_encode
-from services.toolbus.streams import CALL_EVENTS_STREAM
 from tests.conftest import TIMEOUT_FACTOR
 from tests.ray.callers import ADAPTERS, AUTH_TOKEN, Caller, make_caller
+from tests.ray.events import events_of
 from tests.ray.scrape import parse_samples
+from tests.twilio_rest_stand_in import TwilioRestStandIn
 from tests.wire import WireValidator
 
 pytestmark = [
@@ -97,12 +96,7 @@ class System:
     def events(self, call_id: str) -> list[dict[str, str]]:
         r = redis.Redis.from_url(self.redis_url)
         try:
-            out = []
-            for _id, fields in r.xrange(CALL_EVENTS_STREAM):
-                event = {k.decode(): v.decode() for k, v in fields.items()}
-                if event.get("call_id") == call_id:
-                    out.append(event)
-            return out
+            return events_of(r, call_id)
         finally:
             r.close()
 
@@ -122,17 +116,8 @@ class System:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def system(ray_session: None, redis_url: str) -> AsyncIterator[System]:
-    # Twilio's REST API, stood in: hang-ups and transfers by call control land here.
-    rest_calls: list[tuple[str, dict[str, str]]] = []
-
-    async def update_call(request: web.Request) -> web.Response:
-        rest_calls.append((request.path, {k: str(v) for k, v in (await request.post()).items()}))
-        return web.json_response({"sid": request.match_info["sid"], "status": "in-progress"})
-
-    stand_in = web.Application()
-    stand_in.router.add_post("/2010-04-01/Accounts/{account}/Calls/{sid}.json", update_call)
-    rest = TestServer(stand_in, host="127.0.0.1")
-    await rest.start_server()
+    rest = TwilioRestStandIn()  # hang-ups and transfers by call control land here
+    await rest.start()
     wire = WireValidator()
     model = LocalModelServer(LocalModelSettings(port=0, speed=4.0), observer=wire)
     model.use_scenario(parse_scenario(CONVERSATION))
@@ -148,11 +133,11 @@ async def system(ray_session: None, redis_url: str) -> AsyncIterator[System]:
         port=0,
         twilio_auth_token=Secret(AUTH_TOKEN),
         twilio_account_sid="AC" + "0" * 32,
-        twilio_api_base_url=f"http://127.0.0.1:{rest.port}",
+        twilio_api_base_url=rest.base_url,
     )
     port = await asyncio.to_thread(cluster.add_ingress, "ingress-c", gateway)
     try:
-        yield System(cluster, f"http://127.0.0.1:{port}", model, wire, redis_url, rest_calls)
+        yield System(cluster, f"http://127.0.0.1:{port}", model, wire, redis_url, rest.updates)
     finally:
         await asyncio.to_thread(cluster.stop)
         await model.stop()

@@ -23,8 +23,8 @@ from services.media.vocabulary import CallerHungUp, CallSpec, PlayAudio
 from services.runtime.placement import BUSY_CLUSTER, Rejected
 from services.runtime.router import Opened
 from services.telephony.g711 import ulaw_encode
-from services.toolbus.streams import CALL_EVENTS_STREAM
 from tests.conftest import TIMEOUT_FACTOR
+from tests.ray.events import events_of
 from tests.ray.scrape import scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.slow]
@@ -44,15 +44,6 @@ def wait_until(predicate: Callable[[], bool], what: str, limit: float = WAIT) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def events_of(r: redis.Redis, call_id: str) -> list[dict[str, str]]:
-    out = []
-    for _id, fields in r.xrange(CALL_EVENTS_STREAM):
-        decoded = {k.decode(): v.decode() for k, v in fields.items()}
-        if decoded.get("call_id") == call_id:
-            out.append(decoded)
-    return out
 
 
 @pytest.fixture
