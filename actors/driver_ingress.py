@@ -35,8 +35,10 @@ class DriverIngress:
 
     def send(self, host: Any, call_id: str, item: bytes | CallInput) -> None:
         """Queue caller audio or a control input for a call on ``host``."""
-        self.attach(host)
-        client = self._clients[_ray.actor_key(host)]
+        key = _ray.actor_key(host)
+        if key not in self._clients:
+            self.attach(host)  # once per host; later sends only queue
+        client = self._clients[key]
         self._loop.call_soon_threadsafe(client.send, call_id, item)
 
     def commands(self, call_id: str | None = None) -> list[Command]:

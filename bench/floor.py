@@ -32,10 +32,10 @@ def _serve(port: int, ready: Any) -> None:
     from aiohttp import WSMsgType, web
 
     from services import aio
-    from services.telephony.media_streams import TwilioSerializer
+    from services.telephony.media_streams import DEFAULT_MAX_MESSAGE_BYTES, TwilioSerializer
 
     async def media(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=64 * 1024)
+        ws = web.WebSocketResponse(max_msg_size=DEFAULT_MAX_MESSAGE_BYTES)  # as the ingress
         await ws.prepare(request)
         serializer = TwilioSerializer()
         async for msg in ws:

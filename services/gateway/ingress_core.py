@@ -130,7 +130,7 @@ class IngressCore:
         if spec.call_id in self.calls:
             return Refused(1008, "call already streaming")
         if token is not None and self._ledger is not None:
-            refused = await self._claim(token)
+            refused = await self._claim(self._ledger, token)
             if refused is not None:
                 return refused
         result = await self._router.open_call(dataclasses.replace(spec, ingress_id=self.ingress_id))
@@ -152,9 +152,9 @@ class IngressCore:
         self.calls[spec.call_id] = call
         return call
 
-    async def _claim(self, token: RedeemedToken) -> Refused | None:
+    async def _claim(self, ledger: TokenLedger, token: RedeemedToken) -> Refused | None:
         try:
-            first = await self._ledger.claim(token.nonce, token.expires_ms)  # type: ignore[union-attr]
+            first = await ledger.claim(token.nonce, token.expires_ms)
         except TransportError as exc:
             # Fail closed (see token_ledger): 1011, the server could not fulfil the request; the
             # Redis detail stays in our log, not in the peer's close frame.

@@ -44,7 +44,11 @@ from services.media.vocabulary import (
     Transfer,
 )
 from services.telephony.g711 import ulaw_encode
-from services.telephony.media_streams import MediaStreamSerializer, TwilioSerializer
+from services.telephony.media_streams import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MediaStreamSerializer,
+    TwilioSerializer,
+)
 from services.telephony.stream_tokens import StreamTokens
 from services.telephony.twilio_signature import (
     SIGNATURE_HEADER,
@@ -54,8 +58,6 @@ from services.telephony.twilio_signature import (
 from services.telephony.twiml import connect_stream_twiml
 
 logger = logging.getLogger(__name__)
-
-MAX_FRAME_BYTES = 64 * 1024
 
 
 def busy_tone(seconds: float = 1.5) -> bytes:
@@ -246,7 +248,8 @@ class TwilioIngress:
     # ----- the media stream ----------------------------------------------------------------------
 
     async def media(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
+        # The socket refuses what the serializer would (1009 before any JSON work).
+        ws = web.WebSocketResponse(max_msg_size=DEFAULT_MAX_MESSAGE_BYTES, heartbeat=30.0)
         await ws.prepare(request)
         bridge = TwilioBridge(
             self._tokens,
