@@ -9,10 +9,24 @@ this does the same for the processes we start ourselves (the local model, the lo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Timers(Protocol):
+    """Where deadlines are scheduled: the running event loop in production, a virtual clock in
+    tests (``tests/realtime_helpers.py``'s ``FakeClock``), so timeouts are tested without
+    sleeping (STYLE.md, "Time is injected")."""
+
+    def call_later(
+        self, delay: float, callback: Callable[..., object], *args: Any
+    ) -> Cancellable: ...
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

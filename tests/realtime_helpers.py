@@ -36,17 +36,6 @@ class RecordingTransport(OpenAIRealtimeBase):
         return out
 
 
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def audio_delta(item_id: str, data_b64: str, response_id: str = "resp_1") -> dict[str, Any]:
     return {
         "type": "response.output_audio.delta",

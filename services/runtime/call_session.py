@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from services.agents.control import CallControl
+from services.aio import Cancellable, Timers
 from services.config import ModelSettings
 from services.media.vocabulary import (
     AudioDone,
@@ -45,7 +46,7 @@ from services.realtime.playback import PlaybackTracker
 from services.realtime.session import RealtimeSession
 from services.realtime.tools import FunctionTool, ToolCall, ToolResult, ToolRunner
 from services.realtime.transports.base import TransportAudio
-from services.realtime.transports.websocket import OpenAIRealtimeWebSocket
+from services.realtime.transports.websocket import OpenAIRealtimeWebSocket, WebSocketFactory
 from services.runtime.events import EventSink
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,9 @@ class CallSession(CallControl):
         events: EventSink,
         on_end: Callable[[CallSession, str], None],
         clock: Callable[[], float] = time.monotonic,
+        timers: Timers | None = None,
         append_ms: int = 20,
+        create_websocket: WebSocketFactory | None = None,
     ) -> None:
         self.call_id = spec.call_id
         self.spec = spec
@@ -107,9 +110,11 @@ class CallSession(CallControl):
         self._append_bytes = max(1, int(append_ms * per_ms))
         self._pending_audio = bytearray()
         # Playback is observed at the ingress, one hop away: truncations wait for its figure.
-        self.transport = OpenAIRealtimeWebSocket(model=model.model, playback=self.tracker)
+        self.transport = OpenAIRealtimeWebSocket(
+            model=model.model, playback=self.tracker, create_websocket=create_websocket
+        )
         self.transport.defer_truncation = True
-        self._cut_timer: asyncio.TimerHandle | None = None
+        self._cut_timer: Cancellable | None = None
         self.session = RealtimeSession(
             agent,
             transport=self.transport,
@@ -120,18 +125,19 @@ class CallSession(CallControl):
             playback=self.tracker,
         )
         self._pending_control: Command | None = None
-        self._control_timer: asyncio.TimerHandle | None = None
+        self._control_timer: Cancellable | None = None
         self._started_at = clock()
         self.ended: str | None = None
         self._ending: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()  # built inside the host's event loop
+        # The grace and cut deadlines; ``clock`` and ``timers`` are one virtual clock in tests.
+        self._timers: Timers = timers or self._loop
         self._wire()
 
     # ----- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Connect the model and greet. Raises if the model cannot be reached."""
-        self._loop = asyncio.get_running_loop()
         begin = self._clock()
         await self.session.connect(api_key=self._model.api_key.value or None, url=self._model_url)
         metrics.model_connected(self._clock() - begin)
@@ -205,7 +211,7 @@ class CallSession(CallControl):
     def _after_response(self, command: Hangup | Transfer) -> None:
         # The tool's result makes the model say goodbye first; act when that response is done.
         self._pending_control = command
-        self._control_timer = self._loop.call_later(CONTROL_GRACE_S, self._do_control)
+        self._control_timer = self._timers.call_later(CONTROL_GRACE_S, self._do_control)
 
     def _do_control(self) -> None:
         command, self._pending_control = self._pending_control, None
@@ -243,7 +249,7 @@ class CallSession(CallControl):
         if self.transport.interruption_pending:
             if self._cut_timer is not None:
                 self._cut_timer.cancel()
-            self._cut_timer = self._loop.call_later(
+            self._cut_timer = self._timers.call_later(
                 PLAYBACK_CUT_WAIT_S, self._settle_interruption, None
             )
 

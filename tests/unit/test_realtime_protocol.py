@@ -9,13 +9,13 @@ from services.realtime.items import ContentPart, MessageItem
 from services.realtime.playback import PlaybackTracker, WallClockPlayback
 from services.realtime.transports.base import TransportToolCall
 from tests.realtime_helpers import (
-    FakeClock,
     RecordingTransport,
     audio_delta,
     response_created,
     response_done,
     session_updated,
 )
+from tests.virtual_time import FakeClock
 
 MS_100_PCMU = base64.b64encode(b"\xff" * 800).decode()  # 100 ms of μ-law
 

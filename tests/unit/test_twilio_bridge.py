@@ -11,20 +11,13 @@ import pytest
 
 from services.gateway.twilio_bridge import OpenCall, TwilioBridge
 from services.telephony.stream_tokens import RedeemedToken, StreamTokenError, StreamTokens
+from tests.virtual_time import FakeClock
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 CALL_SID = "CAe3f3ca4bf8f4fd33fe008db432345ef2"
 OTHER_CALL_SID = "CA00000000000000000000000000000000"
 ACCOUNT_SID = "ACc40bbbe5755558e367f6827a91c689ac"
 STREAM_SID = "MZ9073a0d707f1305fec1c3c07da702b81"
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_795_507_200.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def start_frame(token: str, call_sid: str = CALL_SID) -> str:

@@ -11,6 +11,7 @@ import pytest
 from services.errors import ConfigError, MediaStreamProtocolError, UserError
 from services.telephony.stream_tokens import RedeemedToken, StreamTokenError, StreamTokens
 from services.telephony.twiml import busy_twiml, connect_stream_twiml
+from tests.virtual_time import FakeClock
 
 STREAM_URL = "wss://voice.example.com/twilio/media"
 CALL_SID = "CAe3f3ca4bf8f4fd33fe008db432345ef2"
@@ -78,14 +79,6 @@ def test_busy_document_says_then_hangs_up() -> None:
 
 
 # --- stream tokens --------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_795_507_200.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
