@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Iterator
 from typing import Final
 
@@ -130,6 +131,7 @@ def call_started(transport: str, host: str, setup_seconds: float) -> None:
 
 
 def call_ended(transport: str, host: str, outcome: str) -> None:
+    flush()  # the call's last per-event counts land with its end
     CALLS_ACTIVE.labels(transport).dec()
     HOST_CALLS.labels(host).dec()
     CALLS_TOTAL.labels(transport, outcome).inc()
@@ -152,20 +154,86 @@ def model_disconnected(reason: str) -> None:
     MODEL_DISCONNECTS.labels(reason).inc()
 
 
-# Called once per model event and per media frame: the labelled child is looked up once per
-# label value (the label sets are small and fixed) instead of on every call.
+# ----- the per-event paths ------------------------------------------------------------------
+# In multiprocess mode every inc() or observe() takes a lock, checks the pid (a system call) and
+# writes a memory-mapped file: done once per model event and per media batch it was 7% of a
+# session host's busy CPU (py-spy, bench/README.md). So per-event counts are kept in memory and
+# added at most every FLUSH_S, and the media hop is observed at most every HOP_SAMPLE_S per
+# direction (still a hundred samples a second for its histogram). The first count or sample
+# goes out at once, so every series exists as soon as it has a value.
+FLUSH_S: Final = 1.0
+HOP_SAMPLE_S: Final = 0.01
+_clock = time.monotonic  # replaced by a virtual clock in tests
+
+
+class _Tally:
+    __slots__ = ("_child", "_due", "_pending")
+
+    def __init__(self, child: Counter) -> None:
+        self._child = child
+        self._pending = 0
+        self._due = 0.0
+
+    def add(self, count: int) -> None:
+        self._pending += count
+        now = _clock()
+        if now >= self._due:
+            self.flush()
+            self._due = now + FLUSH_S
+
+    def flush(self) -> None:
+        if self._pending:
+            self._child.inc(self._pending)
+            self._pending = 0
+
+
+_TALLIES: list[_Tally] = []
+
+
+def _tally(child: Counter) -> _Tally:
+    tally = _Tally(child)
+    _TALLIES.append(tally)
+    return tally
+
+
+# The labelled children are looked up once per label value (the label sets are small and fixed).
 @functools.cache
-def _model_events(kind: str) -> Counter:
-    return MODEL_EVENTS.labels(kind)
+def _model_events(kind: str) -> _Tally:
+    return _tally(MODEL_EVENTS.labels(kind))
 
 
 @functools.cache
-def _media_frames(direction: str) -> Counter:
-    return MEDIA_FRAMES.labels(direction)
+def _media_frames(direction: str) -> _Tally:
+    return _tally(MEDIA_FRAMES.labels(direction))
+
+
+@functools.cache
+def _media_hop(direction: str) -> _HopSampler:
+    return _HopSampler(MEDIA_HOP_SECONDS.labels(direction))
+
+
+class _HopSampler:
+    __slots__ = ("_child", "_due")
+
+    def __init__(self, child: Histogram) -> None:
+        self._child = child
+        self._due = 0.0
+
+    def observe(self, seconds: float) -> None:
+        now = _clock()
+        if now >= self._due:
+            self._child.observe(seconds)
+            self._due = now + HOP_SAMPLE_S
+
+
+def flush() -> None:
+    """Add every count still held in memory (a call ended, a process stops)."""
+    for tally in _TALLIES:
+        tally.flush()
 
 
 def model_event(kind: str) -> None:
-    _model_events(kind).inc()
+    _model_events(kind).add(1)
 
 
 def tool_finished(tool: str, outcome: str, seconds: float) -> None:
@@ -187,7 +255,7 @@ def tool_reclaimed(count: int = 1) -> None:
 
 
 def media_frames(direction: str, count: int) -> None:
-    _media_frames(direction).inc(count)
+    _media_frames(direction).add(count)
 
 
 def media_dropped(direction: str, count: int) -> None:
@@ -199,7 +267,8 @@ def barge_in_clear(transport: str, seconds: float) -> None:
 
 
 def media_hop(direction: str, seconds: float) -> None:
-    MEDIA_HOP_SECONDS.labels(direction).observe(seconds)
+    """Sampled: at most one observation per ``HOP_SAMPLE_S`` per direction."""
+    _media_hop(direction).observe(seconds)
 
 
 # --- exposition ----------------------------------------------------------------------------
