@@ -35,3 +35,18 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:  # not on this platform: the standard loop works, only slower
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def _wake(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
+async def sleep(timers: Timers, seconds: float) -> None:
+    """``asyncio.sleep`` on ``timers``: a real sleep on the loop, an ``advance`` in tests."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    handle = timers.call_later(seconds, _wake, done)
+    try:
+        await done
+    finally:
+        handle.cancel()

@@ -33,6 +33,7 @@ def _model_command(args: argparse.Namespace) -> int:
         mode=args.mode,
         scenario=args.scenario,
         speed=args.speed,
+        drop_after_events=args.drop_after,
     )
 
     def banner(server: LocalModelServer) -> None:
@@ -98,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--scenario", help="scenario JSON file (default: the shipped demo)")
     model.add_argument(
         "--speed", type=float, default=4.0, help="output audio speed as a multiple of real time"
+    )
+    model.add_argument(
+        "--drop-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fault injection: close each connection with 1011 after N client events",
     )
     model.set_defaults(run=_model_command)
 

@@ -46,6 +46,9 @@ class ModelSettings:
     api_key: Secret
     url: str | None
     model: str
+    # A call whose model connection drops reconnects and replays its conversation for this
+    # long (seconds) before it ends with ``model_unavailable``.
+    reconnect_s: float = 10.0
 
     @property
     def uses_local_model(self) -> bool:
@@ -68,6 +71,9 @@ class LocalModelSettings:
     max_message_bytes: int = 16 * 1024 * 1024
     # When set, clients must send `Authorization: Bearer <api_key>`; when empty, any bearer works.
     api_key: Secret = Secret("")
+    # A fault for tests and fault runs: close each connection with 1011 after this many client
+    # events (0: never).
+    drop_after_events: int = 0
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,8 @@ def load_model_settings(env: Mapping[str, str]) -> ModelSettings:
     elif key:
         url = OPENAI_REALTIME_URL
     model = env.get("CALLRAY_MODEL", "").strip() or DEFAULT_MODEL
-    return ModelSettings(api_key=Secret(key), url=url, model=model)
+    reconnect_s = _float(env, "CALLRAY_MODEL_RECONNECT_S", 10.0)
+    return ModelSettings(api_key=Secret(key), url=url, model=model, reconnect_s=reconnect_s)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:

@@ -94,6 +94,13 @@ class LocalModelServer:
         """Play ``scenario`` in sessions connecting from now on (those open keep theirs)."""
         self._scenario = scenario
 
+    async def drop_connections(self, code: int = 1011, reason: str = "server error") -> int:
+        """Close every open session with ``code`` (a fault for tests: 1011 is what a server in
+        trouble sends); the server keeps listening. Returns how many were closed."""
+        connections = list(self._server.connections) if self._server is not None else []
+        await asyncio.gather(*(c.close(code, reason) for c in connections))
+        return len(connections)
+
     # ----- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -182,12 +189,18 @@ class LocalModelServer:
         )
         wakeup = _Wakeup()
         renders: set[asyncio.Task[None]] = set()
+        drop_after = self.settings.drop_after_events
+        received = 0
         try:
             await self._flush(connection, engine)
             while True:
                 frame = await wakeup.next_frame(connection, engine.next_deadline(), bool(renders))
                 now = loop.time()
                 if frame is not None:
+                    received += 1
+                    if received == drop_after:
+                        await connection.close(1011, f"fault: dropped after {drop_after} events")
+                        return
                     obj = engine.receive_frame(frame, now)
                     if obj is not None:
                         self._observe("client", obj)

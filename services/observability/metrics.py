@@ -68,6 +68,17 @@ MODEL_CONNECT_SECONDS = Histogram(
 MODEL_DISCONNECTS = Counter(
     "callray_model_disconnects_total", "Model connections that ended, by reason", ["reason"]
 )
+MODEL_RECONNECTS = Counter(
+    "callray_model_reconnects_total",
+    "Calls whose model connection dropped, by how it ended: reconnected (the conversation"
+    " replayed) or gave_up (the call ended model_unavailable)",
+    ["outcome"],
+)
+MODEL_GAP_SECONDS = Histogram(
+    "callray_model_gap_seconds",
+    "From a call's model connection dropping to its new connection carrying the conversation",
+    buckets=_SLOW,
+)
 MODEL_EVENTS = Counter(
     "callray_model_events_total", "Events received from the model, by type", ["kind"]
 )
@@ -152,6 +163,15 @@ def model_connected(seconds: float) -> None:
 
 def model_disconnected(reason: str) -> None:
     MODEL_DISCONNECTS.labels(reason).inc()
+
+
+def model_reconnected(gap_seconds: float) -> None:
+    MODEL_RECONNECTS.labels("reconnected").inc()
+    MODEL_GAP_SECONDS.observe(gap_seconds)
+
+
+def model_reconnect_gave_up() -> None:
+    MODEL_RECONNECTS.labels("gave_up").inc()
 
 
 # ----- the per-event paths ------------------------------------------------------------------

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from services.realtime.items import (
     ContentPart,
     FunctionCallItem,
+    FunctionCallOutputItem,
     MessageItem,
     PartType,
     RealtimeItem,
@@ -116,3 +118,36 @@ def _keep_known(old: RealtimeItem, new: RealtimeItem) -> RealtimeItem:
     if isinstance(old, FunctionCallItem) and isinstance(new, FunctionCallItem) and old.output:
         return dataclasses.replace(new, output=old.output)
     return new
+
+
+def replay_items(items: Sequence[RealtimeItem], limit: int) -> list[RealtimeItem]:
+    """The conversation as items a new connection can be given (``conversation.item.create``),
+    in order, for a session that lost its connection and opened another.
+
+    Audio cannot be re-sent: a user turn is replayed as its transcript (``input_text``), an
+    assistant turn as what it said (``output_text``, which is all a client may create for the
+    assistant); a turn with no words yet is left out. Function calls keep their ids, and a call
+    whose output is known only locally (the tool finished while the connection was down) gets
+    its ``function_call_output``. Only the ``limit`` most recent items are kept, and an output
+    whose call fell outside them is dropped with it (the server refuses an orphan output).
+    """
+    out: list[RealtimeItem] = []
+    answered = {i.call_id for i in items if isinstance(i, FunctionCallOutputItem)}
+    for item in items:
+        if isinstance(item, MessageItem):
+            text = item.text
+            if not text.strip():
+                continue
+            kind: PartType = "output_text" if item.role == "assistant" else "input_text"
+            out.append(MessageItem(item.item_id, item.role, [ContentPart(kind, text=text)]))
+        elif isinstance(item, FunctionCallItem):
+            out.append(dataclasses.replace(item, output=None))
+            if item.output is not None and item.call_id not in answered:
+                out.append(
+                    FunctionCallOutputItem(f"out_{item.item_id}"[:32], item.call_id, item.output)
+                )
+        else:
+            out.append(item)
+    out = out[-limit:] if limit > 0 else []
+    calls = {i.call_id for i in out if isinstance(i, FunctionCallItem)}
+    return [i for i in out if not isinstance(i, FunctionCallOutputItem) or i.call_id in calls]

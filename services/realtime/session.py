@@ -27,7 +27,7 @@ from services.realtime import server_events as se
 from services.realtime.agent import Handoff, RealtimeAgent
 from services.realtime.emitter import EventEmitter
 from services.realtime.guardrails import GuardrailTripped
-from services.realtime.history import History
+from services.realtime.history import History, replay_items
 from services.realtime.items import MessageItem, RealtimeItem
 from services.realtime.playback import PlaybackSource
 from services.realtime.session_config import build_initial_config
@@ -51,6 +51,8 @@ from services.realtime.transports.websocket import OpenAIRealtimeWebSocket
 logger = logging.getLogger(__name__)
 
 REJECTED_OUTPUT = "The user did not approve this tool call."
+# Items replayed into a new connection after the old one was lost (the most recent ones).
+REPLAY_ITEMS = 50
 
 
 def guardrail_feedback(name: str) -> str:
@@ -94,6 +96,9 @@ class RealtimeSession(EventEmitter):
         self._guard_checked: dict[str, int] = {}
         self._tripped_items: set[str] = set()
         self._closed = False
+        # Tool results that finished while the connection was down: replayed with the history,
+        # then the model is asked to answer them.
+        self._owed_outputs = 0
         self._wire()
 
     # ----- properties ----------------------------------------------------------------------------
@@ -129,6 +134,22 @@ class RealtimeSession(EventEmitter):
             call_id=call_id,
             initial_session_config=config,
         )
+
+    async def reconnect(
+        self, *, api_key: str | None = None, url: str | None = None, replay: int = REPLAY_ITEMS
+    ) -> int:
+        """Open a new connection after the last one was lost and carry the conversation over:
+        the current agent's configuration, then the ``replay`` most recent items of the history
+        (as text; see :func:`~services.realtime.history.replay_items`), in order. Tool calls
+        still running finish on the new connection; results that came in during the gap are
+        replayed and answered. Returns the number of items replayed."""
+        await self.connect(api_key=api_key, url=url)
+        items = replay_items(self.history, replay)
+        self._transport.reset_history([], items)
+        if self._owed_outputs:
+            self._owed_outputs = 0
+            self._transport.request_response()
+        return len(items)
 
     async def close(self) -> None:
         self._closed = True
@@ -299,9 +320,12 @@ class RealtimeSession(EventEmitter):
         except Exception:
             logger.exception("tool runner failed for %s", tool.name)
             result = ToolResult("An error occurred while running the tool.", "error")
-        if self._closed or self._transport.status != "connected":
+        if self._closed:
             return
-        self._transport.send_function_call_output(call, result.output)
+        if self._transport.status == "connected":
+            self._transport.send_function_call_output(call, result.output)
+        else:
+            self._owed_outputs += 1  # a reconnect replays it (:meth:`reconnect`)
         self.history_store.set_tool_output(call.call_id, result.output)
         self.emit("tool_end", agent, tool, result, tool_call)
         self.emit("history_updated", self.history)

@@ -7,7 +7,9 @@ transfer. Inputs are handled as the host delivers them, in order and without a t
 (:meth:`CallSession.push`): a per-call mailbox task cost a wake-up per 20 ms frame per call.
 Caller audio is appended to the model once ``append_ms`` of it has gathered: every append is a
 WebSocket message out and, for an echoing peer, one back, and messages, not bytes, are the cost
-of the media path (bench/README.md). Model output leaves as :mod:`commands` through the host's
+of the media path (bench/README.md). A dropped model connection does not end the call: the
+session reconnects and replays the conversation (:meth:`CallSession._reconnect`), and only a
+model away for ``ModelSettings.reconnect_s`` ends it. Model output leaves as :mod:`commands` through the host's
 ``out`` callback; call events go to the host's event sink. Nothing here touches another call, so
 one call's failure ends that call only.
 """
@@ -16,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 from services.agents.control import CallControl
-from services.aio import Cancellable, Timers
+from services.aio import Cancellable, Timers, sleep
 from services.config import ModelSettings
 from services.media.vocabulary import (
     AudioDone,
@@ -57,6 +60,20 @@ CONTROL_GRACE_S = 10.0
 # A barge-in's truncation waits for the ingress to say what the caller had heard when playback
 # stopped (PlaybackCut); if it never answers (it went away), our own tracker's figure is used.
 PLAYBACK_CUT_WAIT_S = 0.5
+# A dropped model connection is retried at once (within 250 ms, jittered so that the calls of
+# a model server that restarted do not all come back in the same millisecond), then with a
+# doubling back-off of at most 2 s, until ModelSettings.reconnect_s has passed.
+RECONNECT_FIRST_S = 0.25
+RECONNECT_MAX_S = 2.0
+
+
+def reconnect_delay(attempt: int, rng: random.Random) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (0 is the first)."""
+    if attempt == 0:
+        return rng.uniform(0.05, RECONNECT_FIRST_S)
+    return min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2.0**attempt) * rng.uniform(0.5, 1.0)
+
+
 _KNOWN_EVENTS = frozenset(se.SERVER_EVENTS.classes)
 
 
@@ -96,6 +113,7 @@ class CallSession(CallControl):
         timers: Timers | None = None,
         append_ms: int = 20,
         create_websocket: WebSocketFactory | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.call_id = spec.call_id
         self.spec = spec
@@ -132,6 +150,8 @@ class CallSession(CallControl):
         self._loop = asyncio.get_running_loop()  # built inside the host's event loop
         # The grace and cut deadlines; ``clock`` and ``timers`` are one virtual clock in tests.
         self._timers: Timers = timers or self._loop
+        self._rng = rng or random.Random()
+        self._reconnecting: asyncio.Future[None] | None = None
         self._wire()
 
     # ----- lifecycle -----------------------------------------------------------------------------
@@ -150,6 +170,8 @@ class CallSession(CallControl):
         if self.ended is not None:
             return
         self.ended = reason
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         if self._control_timer is not None:
             self._control_timer.cancel()
         if self._cut_timer is not None:
@@ -170,6 +192,8 @@ class CallSession(CallControl):
         """Caller audio; appended to the model once ``append_ms`` of it has gathered."""
         if self.ended is not None or self._ending is not None:
             return  # the call is ending: its audio has nowhere to go
+        if self._reconnecting is not None:
+            return  # no model to hear it: a dead socket must not be written to
         pending = self._pending_audio
         pending += data
         if len(pending) >= self._append_bytes:
@@ -187,7 +211,7 @@ class CallSession(CallControl):
             self._settle_interruption(message.heard)
         elif isinstance(message, Dtmf):
             self._events.emit("dtmf", self.call_id, digit=message.digit)
-            if self.session.current_agent.dtmf_to_model:
+            if self.session.current_agent.dtmf_to_model and self._reconnecting is None:
                 self.session.send_message(f"The caller pressed the key {message.digit}.")
         elif isinstance(message, CallerHungUp):
             self._end_soon(message.reason)
@@ -257,7 +281,8 @@ class CallSession(CallControl):
         if self._cut_timer is not None:
             self._cut_timer.cancel()
             self._cut_timer = None
-        if self.ended is None:
+        if self.ended is None and self._reconnecting is None:
+            # (During a reconnect the interrupted response is gone with the old connection.)
             self.transport.complete_interruption(heard)
 
     def _on_raw(self, raw: dict[str, Any]) -> None:
@@ -291,9 +316,54 @@ class CallSession(CallControl):
             self._do_control()
 
     def _on_connection(self, status: str) -> None:
-        if status == "disconnected" and self.ended is None:
+        if (
+            status == "disconnected"
+            and self.ended is None
+            and self._ending is None
+            and self._reconnecting is None
+        ):
             metrics.model_disconnected("lost")
-            self._end_soon("model_disconnected")
+            self._reconnecting = asyncio.ensure_future(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Open a new model connection and carry the conversation over, or end the call
+        ``model_unavailable`` once ``reconnect_s`` has passed. The caller's audio meanwhile is
+        dropped (there is no model to hear it); the ingress keeps the call."""
+        lost_at = self._clock()
+        deadline = lost_at + self._model.reconnect_s
+        self._events.emit("model.disconnected", self.call_id)
+        attempt = 0
+        try:
+            while self.ended is None and self._ending is None:
+                delay = reconnect_delay(attempt, self._rng)
+                await sleep(self._timers, min(delay, max(0.0, deadline - self._clock())))
+                if self._clock() >= deadline:
+                    break
+                attempt += 1
+                try:
+                    async with asyncio.timeout(max(0.05, deadline - self._clock())):
+                        replayed = await self.session.reconnect(
+                            api_key=self._model.api_key.value or None, url=self._model_url
+                        )
+                except Exception as exc:
+                    logger.info("model reconnect attempt %d failed: %s", attempt, exc)
+                    continue
+                gap = self._clock() - lost_at
+                metrics.model_reconnected(gap)
+                self._events.emit(
+                    "model.reconnected",
+                    self.call_id,
+                    gap_ms=round(gap * 1000),
+                    attempts=attempt,
+                    replayed=replayed,
+                )
+                return
+        finally:
+            self._reconnecting = None
+        if self.ended is None:
+            metrics.model_reconnect_gave_up()
+            logger.warning("model unreachable for %.1f s; ending the call", self._model.reconnect_s)
+            self._end_soon("model_unavailable")
 
     def _end_soon(self, reason: str) -> None:
         if self._ending is None:

@@ -155,18 +155,6 @@ async def test_unreachable_model_fails_one_call_only(
     assert list(host.calls) == ["ok"]
 
 
-async def test_model_disconnect_ends_only_that_call(host: CallHost) -> None:
-    await host.open_call(CallSpec("a"))
-    await host.open_call(CallSpec("b"))
-    socket = host.calls["a"].session.transport.socket  # type: ignore[attr-defined]
-    await socket.close()
-    out = await collect(host, lambda got: any(isinstance(c, CallEnded) for c in got), "end")
-    assert CallEnded("a", "model_disconnected") in out
-    assert list(host.calls) == ["b"]
-    host.feed([("a", b"\xff" * 160), ("b", b"\xff" * 160)])
-    assert host.stats().unknown_frames == 1
-
-
 async def test_hang_up_tool_ends_the_call_after_goodbye(
     model: LocalModelServer, tmp_path: Any
 ) -> None:

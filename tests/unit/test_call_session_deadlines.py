@@ -1,12 +1,15 @@
-"""CallSession's two deadlines, in virtual time: the hang-up/transfer grace (the agent's last words
-play first, 10 s at most) and the barge-in cut wait (the ingress's heard point, or our tracker's
-after 0.5 s). The model is an in-memory socket; nothing sleeps."""
+"""CallSession's deadlines, in virtual time: the hang-up/transfer grace (the agent's last words
+play first, 10 s at most), the barge-in cut wait (the ingress's heard point, or our tracker's
+after 0.5 s) and the model reconnect (back-off from 250 ms, replay, give up after
+``reconnect_s``). The model is an in-memory socket; nothing sleeps."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,25 +32,37 @@ from services.runtime.call_session import (
     CONTROL_GRACE_S,
     PLAYBACK_CUT_WAIT_S,
     CallSession,
+    reconnect_delay,
 )
 from services.runtime.events import ListEventSink
 from tests.realtime_helpers import audio_delta, response_created, response_done
 from tests.virtual_time import FakeClock
 
 
+class Dropped(Exception):
+    """The connection broke (what websockets raises as ConnectionClosedError)."""
+
+
 class ModelSocket:
     """The model's end as an in-memory socket: what the session sends is kept, what the test
-    feeds is what the session receives."""
+    feeds is what the session receives; :meth:`drop` breaks it."""
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
-        self._inbox: asyncio.Queue[str] = asyncio.Queue()
+        self._inbox: asyncio.Queue[str | Exception] = asyncio.Queue()
 
     async def send(self, message: str) -> None:
         self.sent.append(json.loads(message))
 
     async def recv(self) -> str:
-        return await self._inbox.get()
+        got = await self._inbox.get()
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    async def drop(self) -> None:
+        self._inbox.put_nowait(Dropped("1011 server error"))
+        await _settle()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         pass
@@ -71,27 +86,45 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _run_for(clock: FakeClock, seconds: float, step: float = 0.01) -> None:
+    """Let ``seconds`` of virtual time pass in small steps, the tasks running after each."""
+    for _ in range(round(seconds / step)):
+        clock.advance(step)
+        await _settle()
+
+
 class Call:
-    def __init__(self, clock: FakeClock) -> None:
+    def __init__(self, clock: FakeClock, reconnect_s: float = 10.0) -> None:
         self.socket = ModelSocket()
+        self.sockets = [self.socket]
+        self.refuse = False  # the model server is away: connects fail
+        self.connects: list[float] = []  # when each connect was tried, on the virtual clock
         self.commands: list[Command] = []
         self.ended: list[str] = []
+        self.events = ListEventSink()
 
         async def create_websocket(_url: str, _headers: Mapping[str, str]) -> ModelSocket:
+            self.connects.append(clock())
+            if self.refuse:
+                raise ConnectionRefusedError("connection refused")
+            if len(self.connects) > 1:
+                self.socket = ModelSocket()
+                self.sockets.append(self.socket)
             return self.socket
 
         self.session = CallSession(
             CallSpec("CA1", transport="twilio", audio_format="audio/pcmu", greet=False),
             RealtimeAgent(name="agent", instructions="Help."),
-            model=ModelSettings(Secret(""), None, "gpt-realtime"),
+            model=ModelSettings(Secret(""), None, "gpt-realtime", reconnect_s=reconnect_s),
             model_url="ws://model.invalid/v1/realtime",
             tool_runner=InProcessToolRunner(),
             out=self.commands.append,
-            events=ListEventSink(),
+            events=self.events,
             on_end=lambda _call, reason: self.ended.append(reason),
             clock=clock,
             timers=clock,
             create_websocket=create_websocket,
+            rng=random.Random(7),
         )
 
     def of(self, kind: type) -> list[Command]:
@@ -178,3 +211,67 @@ async def test_transfer_happens_after_the_grace_when_the_model_never_finishes(
     await _settle()
     assert call.of(Transfer) == [Transfer("CA1", "tel:+15550100")]
     assert call.ended == ["transferred"]
+
+
+def test_reconnect_back_off_starts_within_250_ms_and_stays_under_2_s() -> None:
+    rng = random.Random(1)
+    for _ in range(200):
+        assert 0.0 < reconnect_delay(0, rng) <= 0.25
+        assert all(0.0 < reconnect_delay(n, rng) <= 2.0 for n in range(1, 12))
+    assert max(reconnect_delay(1, rng) for _ in range(200)) <= 0.5
+
+
+async def test_a_dropped_model_connection_reconnects_and_replays(clock: FakeClock) -> None:
+    call = await _playing(clock, heard_ms=400)  # the caller heard the whole greeting
+    await call.socket.feed(
+        {
+            "type": "response.output_audio_transcript.delta",
+            "event_id": "e",
+            "response_id": "resp_1",
+            "item_id": "it_1",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": "Hello, how can I help?",
+        }
+    )
+    old = call.socket
+    await old.drop()
+    assert call.events.kinds()[-1] == "model.disconnected"
+    call.session.push_media(b"\xff" * 160)  # in the gap: there is no model to hear it
+    clock.advance(0.25)
+    await _settle()
+    assert len(call.connects) == 2 and call.connects[1] - call.connects[0] <= 0.25
+    new = call.socket
+    assert new is not old
+    assert [e["type"] for e in new.sent] == ["session.update", "conversation.item.create"]
+    assert new.sent[1]["item"] == {
+        "type": "message",
+        "id": "it_1",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "Hello, how can I help?"}],
+    }
+    assert not any(e["type"] == "input_audio_buffer.append" for e in old.sent + new.sent)
+    reconnected = [f for k, _, f in call.events.events if k == "model.reconnected"]
+    assert len(reconnected) == 1
+    assert reconnected[0]["attempts"] == 1 and reconnected[0]["replayed"] == 1
+    assert reconnected[0]["gap_ms"] <= 250
+    call.session.push_media(b"\xff" * 160)  # after it, audio flows again
+    await _settle()
+    assert new.sent[-1]["type"] == "input_audio_buffer.append"
+    assert call.ended == []
+
+
+async def test_a_model_that_stays_away_ends_the_call_after_reconnect_s(clock: FakeClock) -> None:
+    call = Call(clock, reconnect_s=3.0)
+    await call.session.start()
+    call.refuse = True
+    await call.socket.drop()
+    lost_at = clock()
+    await _run_for(clock, 2.95)
+    assert call.ended == []
+    waits = [b - a for a, b in itertools.pairwise([lost_at, *call.connects[1:]])]
+    assert len(waits) >= 3, "retried while the window lasted"
+    assert waits[0] <= 0.25 + 0.01 and max(waits) <= 2.0 + 0.01
+    await _run_for(clock, 0.1)
+    assert call.ended == ["model_unavailable"]
+    assert call.of(CallEnded) == [CallEnded("CA1", "model_unavailable")]

@@ -105,6 +105,18 @@ class OpenAIRealtimeBase(EventEmitter):
     def response_active(self) -> bool:
         return self._response_active
 
+    def _start_connection(self) -> None:
+        """Forget the previous connection's server-side state (a reconnect): its response, its
+        queued creates, the audio received and a barge-in waiting for its heard point all died
+        with it. Calls already dispatched stay dispatched: their items are replayed, and running
+        them again would repeat their side effects."""
+        self._reset_playback()
+        self._response_active = False
+        self._cancel_pending = False
+        self._create_in_flight = None
+        self._create_queue.clear()
+        self._deferred = None
+
     def _set_status(self, status: ConnectionStatus) -> None:
         if status != self._status:
             self._status = status

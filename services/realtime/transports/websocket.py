@@ -123,6 +123,7 @@ class OpenAIRealtimeWebSocket(OpenAIRealtimeBase):
         if api_key:
             all_headers["Authorization"] = f"Bearer {api_key}"
         self._closing = False
+        self._start_connection()
         self._set_status("connecting")
         try:
             socket = await self._create_websocket(target, all_headers)
