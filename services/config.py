@@ -128,6 +128,14 @@ class GatewaySettings:
     # Call control over Twilio's REST API (hang up, transfer); the base URL is for stand-ins.
     twilio_account_sid: str = ""
     twilio_api_base_url: str | None = None
+    # Before a peer has authenticated (services/gateway/front_door.py): a media stream must send
+    # its start frame within stream_start_s; at most max_pending_streams such streams at once,
+    # max_pending_per_source of them from one address; a webhook's body must arrive whole
+    # within request_timeout_s.
+    stream_start_s: float = 5.0
+    max_pending_streams: int = 1000
+    max_pending_per_source: int = 100
+    request_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -252,6 +260,12 @@ def load_gateway_settings(env: Mapping[str, str]) -> GatewaySettings:
         stream_secret=Secret(env.get("CALLRAY_STREAM_SECRET", "").strip()),
         twilio_account_sid=env.get("TWILIO_ACCOUNT_SID", "").strip(),
         twilio_api_base_url=env.get("TWILIO_API_BASE_URL", "").strip() or None,
+        stream_start_s=_float(env, "CALLRAY_STREAM_START_S", d.stream_start_s),
+        max_pending_streams=_int(env, "CALLRAY_MAX_PENDING_STREAMS", d.max_pending_streams, 1),
+        max_pending_per_source=_int(
+            env, "CALLRAY_MAX_PENDING_PER_SOURCE", d.max_pending_per_source, 1
+        ),
+        request_timeout_s=_float(env, "CALLRAY_REQUEST_TIMEOUT_S", d.request_timeout_s),
     )
 
 

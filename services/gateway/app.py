@@ -14,7 +14,7 @@ from aiohttp import web
 
 from services.config import GatewaySettings, MediaSettings
 from services.gateway.ingress_core import IngressCore, RouterPort
-from services.gateway.token_ledger import TokenLedger
+from services.gateway.token_ledger import LocalTokenLedger, TokenLedger
 from services.gateway.twilio_ingress import TwilioIngress
 from services.media.channel_client import Locate
 from services.observability import metrics
@@ -35,6 +35,8 @@ class Gateway:
     ) -> None:
         self.ingress_id = ingress_id
         self.settings = settings
+        # Without the cluster's Redis (one gateway, tests) the same rules hold in memory.
+        ledger = ledger or LocalTokenLedger()
         self.core = IngressCore(
             ingress_id=ingress_id,
             router=router,
@@ -42,7 +44,7 @@ class Gateway:
             ledger=ledger,
             media=media,
         )
-        self.twilio = TwilioIngress(self.core, settings, tokens, media=media)
+        self.twilio = TwilioIngress(self.core, settings, tokens, ledger, media=media)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Final, Protocol
 from urllib.parse import urlsplit
 
@@ -23,11 +24,12 @@ from redis.exceptions import RedisError
 from services.errors import TransportError
 from services.redis_client import connect
 
-__all__ = ["KEY_PREFIX", "RedisTokenLedger", "TokenLedger"]
+__all__ = ["CALL_KEY_PREFIX", "KEY_PREFIX", "LocalTokenLedger", "RedisTokenLedger", "TokenLedger"]
 
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX: Final = "callray:stream-token:"
+CALL_KEY_PREFIX: Final = "callray:call-token:"
 
 
 class TokenLedger(Protocol):
@@ -35,6 +37,43 @@ class TokenLedger(Protocol):
         """True on the token's first use anywhere, False on a replay; ``expires_ms`` (unix ms)
         is when the ledger may forget it. Raises :class:`TransportError` when it cannot say."""
         ...
+
+    async def token_for_call(self, call_id: str, token: str, ttl_ms: int) -> str:
+        """The one stream token of provider call ``call_id`` (a Twilio CallSid): ``token`` if
+        the call has none yet, else the one it was given, for ``ttl_ms``. A webhook sent twice
+        (Twilio retries) so gets one token, and only one stream can open for the call.
+        Raises :class:`TransportError` when it cannot say."""
+        ...
+
+
+class LocalTokenLedger:
+    """A :class:`TokenLedger` for one ingress process with no cluster Redis (tests, a single
+    gateway): the same rules, in memory, entries forgotten when they expire."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._nonces: dict[str, float] = {}
+        self._calls: dict[str, tuple[str, float]] = {}
+
+    async def claim(self, nonce: str, expires_ms: int) -> bool:
+        self._forget()
+        if nonce in self._nonces:
+            return False
+        self._nonces[nonce] = expires_ms / 1000
+        return True
+
+    async def token_for_call(self, call_id: str, token: str, ttl_ms: int) -> str:
+        self._forget()
+        given = self._calls.setdefault(call_id, (token, self._clock() + ttl_ms / 1000))
+        return given[0]
+
+    def _forget(self) -> None:
+        now = self._clock()
+        self._nonces = {n: t for n, t in self._nonces.items() if t > now}
+        self._calls = {c: g for c, g in self._calls.items() if g[1] > now}
+
+    async def close(self) -> None:
+        return None
 
 
 class RedisTokenLedger:
@@ -66,6 +105,22 @@ class RedisTokenLedger:
                 f"stream token ledger at {self._where} is unavailable: {exc}"
             ) from exc
         return bool(first)
+
+    async def token_for_call(self, call_id: str, token: str, ttl_ms: int) -> str:
+        key = CALL_KEY_PREFIX + call_id
+        try:
+            if await self._redis.set(key, token.encode(), nx=True, px=max(1, ttl_ms)):
+                return token
+            given = await self._redis.get(key)
+        except (RedisError, OSError) as exc:
+            raise TransportError(
+                f"stream token ledger at {self._where} is unavailable: {exc}"
+            ) from exc
+        # Gone between the two commands (it expired): the call's first token has lapsed, so
+        # this one is the call's token now; it too can open only one stream.
+        if given is None:
+            return token
+        return given if isinstance(given, str) else given.decode()
 
     async def close(self) -> None:
         await self._redis.aclose()

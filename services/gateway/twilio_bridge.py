@@ -60,7 +60,15 @@ class EndStream:
     reason: str
 
 
-Action = OpenCall | ForwardMedia | ToSession | EndStream
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ignored:
+    """An event Twilio may add one day (or a peer made up): nothing to do but say so, which the
+    adapter does rate-limited per peer."""
+
+    event: str
+
+
+Action = OpenCall | ForwardMedia | ToSession | EndStream | Ignored
 
 
 class TwilioBridge:
@@ -96,8 +104,8 @@ class TwilioBridge:
         if isinstance(event, StreamStopped):
             return [EndStream("caller_hangup")]
         if isinstance(event, UnknownStreamEvent):
-            logger.info("ignoring unknown Twilio event %r", event.raw.get("event"))
-        elif not isinstance(event, StreamConnected):
+            return [Ignored(str(event.raw.get("event"))[:40])]
+        if not isinstance(event, StreamConnected):
             logger.debug("ignoring Twilio event %s", type(event).__name__)
         return []
 

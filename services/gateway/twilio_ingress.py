@@ -10,6 +10,13 @@
   order, oversize) gets a log line and closes its stream with the reason (1008; 1009 for
   oversize); a live call then ends with ``protocol_error``. No frame can affect another call.
 
+Before its ``start`` frame a stream is unauthenticated (:mod:`.front_door`): it must send a valid
+one within ``stream_start_s`` (else 1008), and past ``max_pending_streams`` such streams in all,
+or ``max_pending_per_source`` from one address, a new one is refused with 503 before the
+upgrade. A webhook's body must arrive within ``request_timeout_s`` (else 408), and a CallSid
+gets one stream token while it lives, however often Twilio sends its webhook. Warnings about bad
+input are rate-limited per peer and reason.
+
 Hang-up and transfer go through Twilio's REST API when an account is configured; otherwise a
 hang-up closes the stream (with ``<Connect><Stream>``, Twilio then ends the call).
 """
@@ -25,11 +32,14 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from services.config import GatewaySettings, MediaSettings
-from services.errors import MediaStreamProtocolError, ProviderError
+from services.errors import MediaStreamProtocolError, ProviderError, TransportError
+from services.gateway.front_door import PendingStreams, Ticket
 from services.gateway.ingress_core import Busy, IngressCore, Refused
+from services.gateway.token_ledger import TokenLedger
 from services.gateway.twilio_bridge import (
     EndStream,
     ForwardMedia,
+    Ignored,
     OpenCall,
     ToSession,
     TwilioBridge,
@@ -43,6 +53,8 @@ from services.media.vocabulary import (
     PlaybackCut,
     Transfer,
 )
+from services.observability import metrics
+from services.observability.log_limits import LogLimiter
 from services.telephony.g711 import ulaw_encode
 from services.telephony.media_streams import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -95,6 +107,8 @@ class TwilioLeg:
         self.close_code = 1000
         self.reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.source = ""  # the peer's address, for the front door's log limits
+        self.ticket: Ticket | None = None  # counted as unauthenticated until its call opens
 
     # ----- MediaLeg ------------------------------------------------------------------------------
 
@@ -185,6 +199,7 @@ class TwilioIngress:
         core: IngressCore,
         settings: GatewaySettings,
         tokens: StreamTokens,
+        ledger: TokenLedger,
         *,
         media: MediaSettings | None = None,
         serializer: Callable[[], MediaStreamSerializer] = TwilioSerializer,
@@ -192,6 +207,11 @@ class TwilioIngress:
         self._core = core
         self.settings = settings
         self._tokens = tokens
+        self._ledger = ledger
+        self.pending = PendingStreams(
+            total=settings.max_pending_streams, per_source=settings.max_pending_per_source
+        )
+        self._log = LogLimiter(logger)
         self._media = media or MediaSettings()
         self._serializer = serializer
         self._control: TwilioCallControl | None = None
@@ -214,7 +234,14 @@ class TwilioIngress:
     # ----- the webhook ---------------------------------------------------------------------------
 
     async def voice(self, request: web.Request) -> web.Response:
-        form = {k: str(v) for k, v in (await request.post()).items()}
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                form = {k: str(v) for k, v in (await request.post()).items()}
+        except TimeoutError:
+            metrics.front_door_refused("request_timeout")
+            source = request.remote or "?"
+            self._log.warning(source, "request_timeout", "slow voice webhook body from %s", source)
+            return web.Response(status=408, text="request body too slow")
         token = self.settings.twilio_auth_token.value
         if token:
             url = (
@@ -225,7 +252,10 @@ class TwilioIngress:
             if not is_valid_twilio_signature(
                 url, form, request.headers.get(SIGNATURE_HEADER), token
             ):
-                logger.warning("rejected a voice webhook with a bad X-Twilio-Signature")
+                source = request.remote or "?"
+                self._log.warning(
+                    source, "bad_signature", "voice webhook from %s: bad signature", source
+                )
                 return web.Response(status=403, text="invalid signature")
         elif not self._warned_unsigned:
             self._warned_unsigned = True
@@ -239,7 +269,16 @@ class TwilioIngress:
             )
         else:
             stream_url = f"ws://{request.host}/twilio/media"
-        params = {"token": self._tokens.issue(call_sid)}
+        token = self._tokens.issue(call_sid)
+        try:
+            # Twilio may send the webhook again (a retry): the call keeps its one token.
+            ttl_ms = int(self.settings.stream_token_ttl_s * 1000)
+            token = await self._ledger.token_for_call(call_sid, token, ttl_ms)
+        except TransportError as exc:
+            # Fail open here: the stream's claim of its token fails closed, and that is what
+            # keeps a token single-use; only the one-token-per-CallSid hygiene lapses.
+            self._log.warning("ledger", "ledger_unavailable", "voice webhook: %s", exc)
+        params = {"token": token}
         for key in ("From", "To"):
             if form.get(key):
                 params[key.lower()] = form[key]
@@ -247,7 +286,24 @@ class TwilioIngress:
 
     # ----- the media stream ----------------------------------------------------------------------
 
-    async def media(self, request: web.Request) -> web.WebSocketResponse:
+    async def media(self, request: web.Request) -> web.StreamResponse:
+        source = request.remote or "?"
+        ticket = self.pending.admit(source)
+        if isinstance(ticket, str):
+            metrics.front_door_refused("pending_limit")
+            self._log.warning(
+                source, "pending_limit", "refused a media stream from %s: %s", source, ticket
+            )
+            return web.Response(status=503, text=ticket, headers={"Retry-After": "1"})
+        try:
+            return await self._stream(request, source, ticket)
+        finally:
+            ticket.release()
+
+    async def _stream(
+        self, request: web.Request, source: str, ticket: Ticket
+    ) -> web.WebSocketResponse:
+        """One media stream from upgrade to close."""
         # The socket refuses what the serializer would (1009 before any JSON work).
         ws = web.WebSocketResponse(max_msg_size=DEFAULT_MAX_MESSAGE_BYTES, heartbeat=30.0)
         await ws.prepare(request)
@@ -258,6 +314,7 @@ class TwilioIngress:
             mark_ms=self._media.mark_ms,
         )
         leg = TwilioLeg(ws, bridge, self._control)
+        leg.source, leg.ticket = source, ticket
         leg.reader = asyncio.create_task(self._read(leg))
         writer = asyncio.create_task(leg.write())
         try:
@@ -280,22 +337,37 @@ class TwilioIngress:
         return ws
 
     async def _read(self, leg: TwilioLeg) -> None:
-        bridge, core = leg.bridge, self._core
+        # Until a valid start frame the peer is unauthenticated: it has stream_start_s for it.
+        limit = self.settings.stream_start_s
+        try:
+            async with asyncio.timeout(limit) as opening:
+                await self._read_frames(leg, opening)
+        except TimeoutError:
+            if not opening.expired():
+                raise
+            metrics.front_door_refused("start_timeout")
+            self._log.warning(
+                leg.source, "start_timeout", "media stream from %s sent no start", leg.source
+            )
+            leg.close_code, leg.close_reason = 1008, f"no start frame within {limit:g} s"
+
+    async def _read_frames(self, leg: TwilioLeg, opening: asyncio.Timeout) -> None:
+        bridge, core, log, peer = leg.bridge, self._core, self._log, leg.source
         opened = False
         async for msg in leg.ws:
             if msg.type != WSMsgType.TEXT:
                 if msg.type == WSMsgType.ERROR:
                     # aiohttp has closed the socket already (1009 for an oversize frame).
-                    logger.warning("media stream error: %s", leg.ws.exception())
+                    log.warning(peer, "stream_error", "media stream error: %s", leg.ws.exception())
                     if opened:
                         core.caller_gone(bridge.call_id or "", "protocol_error")
                     return
-                logger.warning("media stream sent a non-text frame; ignored")
+                log.warning(peer, "non_text_frame", "media stream sent a non-text frame; ignored")
                 continue
             try:
                 actions = bridge.receive(msg.data)
             except MediaStreamProtocolError as exc:
-                logger.warning("bad Twilio frame: %s", exc)
+                log.warning(peer, "bad_frame", "bad Twilio frame from %s: %s", peer, exc)
                 if not opened:
                     await leg.ws.close(code=1008, message=str(exc)[:120].encode())
                     return
@@ -312,9 +384,14 @@ class TwilioIngress:
                     if opened:
                         core.caller_input(bridge.call_id or "", action.message)
                 elif isinstance(action, OpenCall):
+                    opening.reschedule(None)  # a valid start: the rest is our own work
                     opened = await self._open(leg, action)
                     if not opened:
                         return
+                    if leg.ticket is not None:
+                        leg.ticket.release()  # an admitted call now stands behind the stream
+                elif isinstance(action, Ignored):
+                    log.warning(peer, "unknown_event", "ignored Twilio event %r", action.event)
                 elif isinstance(action, EndStream):
                     if opened:
                         leg.close_reason = action.reason

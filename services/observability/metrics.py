@@ -124,6 +124,19 @@ MEDIA_HOP_SECONDS = Histogram(
 )
 
 
+FRONT_DOOR_REFUSED = Counter(
+    "callray_front_door_refused_total",
+    "Unauthenticated streams and requests refused or closed before they proved anything, by"
+    " reason (pending_limit, start_timeout, request_timeout)",
+    ["reason"],
+)
+LOG_SUPPRESSED = Counter(
+    "callray_log_suppressed_total",
+    "Warnings about outside input not logged because the same peer and reason logged lately",
+    ["reason"],
+)
+
+
 BARGE_IN_CLEAR_SECONDS = Histogram(
     "callray_barge_in_clear_seconds",
     "From the session reacting to the caller's speech to the ingress sending clear",
@@ -246,6 +259,11 @@ class _HopSampler:
             self._due = now + HOP_SAMPLE_S
 
 
+@functools.cache
+def _log_suppressed(reason: str) -> _Tally:
+    return _tally(LOG_SUPPRESSED.labels(reason))
+
+
 def flush() -> None:
     """Add every count still held in memory (a call ended, a process stops)."""
     for tally in _TALLIES:
@@ -276,6 +294,15 @@ def tool_reclaimed(count: int = 1) -> None:
 
 def media_frames(direction: str, count: int) -> None:
     _media_frames(direction).add(count)
+
+
+def front_door_refused(reason: str) -> None:
+    FRONT_DOOR_REFUSED.labels(reason).inc()
+
+
+def log_suppressed(reason: str) -> None:
+    """A flood path: counted in memory like the per-event counters."""
+    _log_suppressed(reason).add(1)
 
 
 def media_dropped(direction: str, count: int) -> None:

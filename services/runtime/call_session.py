@@ -7,11 +7,11 @@ transfer. Inputs are handled as the host delivers them, in order and without a t
 (:meth:`CallSession.push`): a per-call mailbox task cost a wake-up per 20 ms frame per call.
 Caller audio is appended to the model once ``append_ms`` of it has gathered: every append is a
 WebSocket message out and, for an echoing peer, one back, and messages, not bytes, are the cost
-of the media path (bench/README.md). A dropped model connection does not end the call: the
-session reconnects and replays the conversation (:meth:`CallSession._reconnect`), and only a
-model away for ``ModelSettings.reconnect_s`` ends it. Model output leaves as :mod:`commands` through the host's
+of the media path (bench/README.md). Model output leaves as :mod:`commands` through the host's
 ``out`` callback; call events go to the host's event sink. Nothing here touches another call, so
-one call's failure ends that call only.
+one call's failure ends that call only. A dropped model connection does not end the call: the
+session reconnects and replays the conversation (:meth:`CallSession._reconnect`); only a model
+away for ``ModelSettings.reconnect_s`` ends it.
 """
 
 from __future__ import annotations

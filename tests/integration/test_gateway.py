@@ -87,6 +87,7 @@ async def running_gateway(
     api_base: str | None = None,
     mode: str = "scripted",
     capacity: int = 3,
+    **gateway_options: Any,
 ) -> AsyncIterator[tuple[str, CallHost]]:
     settings = LocalModelSettings(port=0, speed=4.0, scenario=scenario, mode=mode)
     async with LocalModelServer(settings, observer=wire) as model:
@@ -110,6 +111,7 @@ async def running_gateway(
                 twilio_auth_token=Secret(AUTH_TOKEN),
                 twilio_account_sid="AC" + "0" * 32 if api_base else "",
                 twilio_api_base_url=api_base,
+                **gateway_options,
             ),
             router=router,
             locate_channel=lambda handle: local.locate,

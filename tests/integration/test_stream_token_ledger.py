@@ -24,7 +24,7 @@ from services.config import GatewaySettings, LocalModelSettings, ModelSettings, 
 from services.embedded.redis_server import EmbeddedRedis
 from services.errors import TransportError
 from services.gateway.app import Gateway
-from services.gateway.token_ledger import KEY_PREFIX, RedisTokenLedger
+from services.gateway.token_ledger import CALL_KEY_PREFIX, KEY_PREFIX, RedisTokenLedger
 from services.localmodel.server import LocalModelServer
 from services.media.vocabulary import CallSpec
 from services.realtime.tools import InProcessToolRunner
@@ -291,4 +291,20 @@ async def test_an_unreachable_ledger_raises_a_transport_error_without_the_url_se
             await ledger.claim("nonce", 2**41)
         assert "hunter2" not in str(caught.value) and "hunter2" not in repr(ledger)
     finally:
+        await ledger.close()
+
+
+async def test_a_call_keeps_its_first_token_until_it_expires(any_redis: EmbeddedRedis) -> None:
+    ledger = RedisTokenLedger(any_redis.url)
+    probe = aioredis.Redis.from_url(any_redis.url)
+    try:
+        call = "CA" + os.urandom(16).hex()
+        assert await ledger.token_for_call(call, "first", 20_000) == "first"
+        assert await ledger.token_for_call(call, "second", 20_000) == "first"  # a retry
+        assert 0 < await probe.pttl(CALL_KEY_PREFIX + call) <= 20_000
+        assert await ledger.token_for_call("CA-other", "third", 20_000) == "third"
+        await probe.delete(CALL_KEY_PREFIX + call)  # expired
+        assert await ledger.token_for_call(call, "fourth", 20_000) == "fourth"
+    finally:
+        await probe.aclose()
         await ledger.close()
