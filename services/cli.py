@@ -69,7 +69,10 @@ def _redis_url_for_tools(data_dir: str) -> str:
 
 def _events_command(args: argparse.Namespace) -> int:
 
+    from redis.exceptions import RedisError
+
     from services.redis_client import connect as connect_redis
+    from services.redis_client import without_password
     from services.toolbus.call_events import format_event, tail_events
 
     url = _redis_url_for_tools(args.data_dir)
@@ -82,8 +85,13 @@ def _events_command(args: argparse.Namespace) -> int:
         finally:
             await client.aclose()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(tail())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(tail())
+    except (RedisError, OSError) as exc:
+        where = without_password(url)
+        print(f"callray events: Redis at {where} unreachable: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

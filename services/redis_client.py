@@ -7,6 +7,8 @@ callers wait for a free connection instead: back-pressure rather than failed too
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -35,3 +37,14 @@ def connect(
         )
     # from_pool: the client owns the pool and closes its connections in aclose().
     return aioredis.Redis.from_pool(pool)
+
+
+def without_password(url: str) -> str:
+    """``url`` with its password (if any) left out, for banners and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f"{user}{host}{port}").geturl()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from services.config import Settings
+from services.redis_client import without_password
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +58,21 @@ def run_up(settings: Settings) -> int:
     with ExitStack() as stack:
         if rt.redis_url:
             redis_url = rt.redis_url
-            lines.append(f"redis     {redis_url} (REDIS_URL)")
+            lines.append(f"redis     {without_password(redis_url)} (REDIS_URL)")
         else:
             redis = EmbeddedRedis(data_dir / "redis")
             redis_url = redis.start()
             stack.callback(redis.stop)
             lines.append(
-                f"redis     {redis_url} (embedded redis-server {redis.version}, pid {redis.pid})"
+                f"redis     {redis.safe_url} (embedded redis-server {redis.version}, "
+                f"pid {redis.pid}, password in {data_dir / 'redis.url'})"
             )
-        (data_dir / "redis.url").write_text(redis_url + "\n")
+        # For `callray events tail` and other local tools: the URL holds the password, so the
+        # file is ours alone.
+        url_file = data_dir / "redis.url"
+        url_file.unlink(missing_ok=True)
+        with os.fdopen(os.open(url_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(redis_url + "\n")
 
         model = settings.model
         if model.url is None:

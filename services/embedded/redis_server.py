@@ -7,6 +7,12 @@ of tool calls is lost on a power cut, at ~5 % throughput cost; reference/feasibi
 RDB snapshots. Versions before 6.2 are refused: the tool executors reclaim a dead executor's work
 with ``XAUTOCLAIM``, added in Redis 6.2.
 
+It requires a generated password (``requirepass``): call events hold transcripts, and the tool
+stream is a way to run tools, so no other local process may read or write them. The password
+lives in a configuration file in the data directory readable by us only (never on the command
+line, where ``ps`` shows it to every user), kept across restarts of the same directory, and in
+:attr:`EmbeddedRedis.url`; :attr:`EmbeddedRedis.safe_url` is the URL without it, for logs.
+
 The child must never outlive us, even when we are SIGKILLed and cannot clean up: on Linux it asks
 the kernel for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``). The kernel's "parent" is the
 *thread* that started the child, so call :meth:`EmbeddedRedis.start` from a thread that lives as
@@ -19,8 +25,10 @@ import importlib.util
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -35,6 +43,7 @@ logger = logging.getLogger(__name__)
 MIN_REDIS_VERSION: Final = (6, 2, 0)
 HOST: Final = "127.0.0.1"
 LOG_FILE_NAME: Final = "redis-server.log"
+CONFIG_FILE_NAME: Final = "redis.conf"
 
 _VERSION = re.compile(rb"v=(\d+)\.(\d+)\.(\d+)")
 _PROCESS_ID = re.compile(rb"process_id:(\d+)\r\n")
@@ -109,6 +118,7 @@ class EmbeddedRedis:
         self._log: IO[bytes] | None = None
         self._log_start = 0
         self._port: int | None = None
+        self._password = ""
         self.version: tuple[int, int, int] | None = None
         self.binary: str | None = None
 
@@ -118,6 +128,14 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
+        """The URL clients connect with; it carries the password: never log it."""
+        if self._port is None:
+            raise UserError("EmbeddedRedis has not been started")
+        return f"redis://:{self._password}@{HOST}:{self._port}/0"
+
+    @property
+    def safe_url(self) -> str:
+        """:attr:`url` without the password."""
         if self._port is None:
             raise UserError("EmbeddedRedis has not been started")
         return f"redis://{HOST}:{self._port}/0"
@@ -137,7 +155,8 @@ class EmbeddedRedis:
     def log_path(self) -> Path:
         return self.data_dir / LOG_FILE_NAME
 
-    def start(self) -> str:
+    def start(self, port: int | None = None) -> str:
+        """Start the server (on ``port``, else a free one) and return :attr:`url`."""
         if self._proc is not None:
             raise UserError("EmbeddedRedis is already started")
         binary = self._binary or find_redis_server()
@@ -150,19 +169,25 @@ class EmbeddedRedis:
         self.binary, self.version = binary, version
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # open while the child runs
+        self._password = self._password_from_config()
         for _ in range(_PORT_ATTEMPTS):
-            port = _free_port()
-            self._spawn(binary, port)
+            chosen = port or _free_port()
+            self._spawn(binary, chosen)
             try:
-                self._wait_until_serving(port)
+                self._wait_until_serving(chosen)
             except _PortTaken:
-                logger.info("port %d was taken before redis-server could bind it; retrying", port)
+                if port:
+                    self._kill()
+                    raise ServiceStartError(f"port {port} is taken") from None
+                logger.info("port %d was taken before redis-server could bind it; retrying", chosen)
                 continue
             except BaseException:
                 self._kill()
                 raise
-            self._port = port
-            logger.info("redis-server %s (pid %d) serves %s", binary, self._proc_pid(), self.url)
+            self._port = chosen
+            logger.info(
+                "redis-server %s (pid %d) serves %s", binary, self._proc_pid(), self.safe_url
+            )
             return self.url
         self._kill()
         raise ServiceStartError(f"redis-server found no free port in {_PORT_ATTEMPTS} attempts")
@@ -198,12 +223,33 @@ class EmbeddedRedis:
 
     # --- internals ------------------------------------------------------------------------------
 
+    def _password_from_config(self) -> str:
+        """The password of this data directory: kept across restarts (clients of a Redis that
+        restarted reconnect with the URL they have), made when there is none, or when the file
+        could have been read or written by someone else."""
+        path = self.data_dir / CONFIG_FILE_NAME
+        try:
+            info = path.stat()
+            if stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == os.getuid():
+                for line in path.read_text().splitlines():
+                    if line.startswith("requirepass ") and len(line) > 32:
+                        return line.removeprefix("requirepass ").strip()
+        except FileNotFoundError:
+            pass
+        password = secrets.token_urlsafe(24)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as config:
+            config.write(f"requirepass {password}\n")
+        return password
+
     def _spawn(self, binary: str, port: int) -> None:
         assert self._log is not None
         self._log.flush()
         self._log_start = self._log.tell()
         args = [
             binary,
+            str(self.data_dir / CONFIG_FILE_NAME),
             "--port", str(port),
             "--bind", HOST,
             "--protected-mode", "yes",
@@ -253,7 +299,8 @@ class EmbeddedRedis:
         reply = b""
         try:
             with socket.create_connection((HOST, port), timeout=0.25) as conn:
-                conn.sendall(b"PING\r\nINFO server\r\n")
+                auth = f"AUTH {self._password}\r\n".encode()
+                conn.sendall(auth + b"PING\r\nINFO server\r\n")
                 while _PROCESS_ID.search(reply) is None:
                     chunk = conn.recv(65536)
                     reply += chunk
@@ -263,7 +310,7 @@ class EmbeddedRedis:
             return False
         match = _PROCESS_ID.search(reply)
         return (
-            reply.startswith(b"+PONG\r\n")
+            reply.startswith(b"+OK\r\n+PONG\r\n")
             and match is not None
             and int(match.group(1)) == self._proc_pid()
         )

@@ -130,6 +130,10 @@ FRONT_DOOR_REFUSED = Counter(
     " reason (pending_limit, start_timeout, request_timeout)",
     ["reason"],
 )
+CALL_EVENTS_DROPPED = Counter(
+    "callray_call_events_dropped_total",
+    "Call events dropped because the event log (Redis) was away longer than the queue holds",
+)
 LOG_SUPPRESSED = Counter(
     "callray_log_suppressed_total",
     "Warnings about outside input not logged because the same peer and reason logged lately",
@@ -294,6 +298,10 @@ def tool_reclaimed(count: int = 1) -> None:
 
 def media_frames(direction: str, count: int) -> None:
     _media_frames(direction).add(count)
+
+
+def call_events_dropped() -> None:
+    CALL_EVENTS_DROPPED.inc()
 
 
 def front_door_refused(reason: str) -> None:

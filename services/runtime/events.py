@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+
+from services.observability import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +39,26 @@ class EventLogLike(Protocol):
 
 
 class BufferedEventSink:
-    """Queues events and writes them to an event log from one task, in order."""
+    """Queues events and writes them to an event log from one task, in order.
 
-    def __init__(self, log: EventLogLike, *, max_queued: int = 100_000) -> None:
+    While the log is unreachable (Redis restarting) events wait in the queue, up to
+    ``max_queued``; past it they are dropped and counted (``callray_call_events_dropped_total``).
+    An outage is logged when it starts and when it ends, not at every retry.
+    """
+
+    def __init__(
+        self,
+        log: EventLogLike,
+        *,
+        max_queued: int = 100_000,
+        retry_s: float = 0.5,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._log = log
         self._queue: deque[tuple[str, str, dict[str, Any]]] = deque()
         self._max = max_queued
+        self._retry_s = retry_s
+        self._sleep = sleep
         self._wakeup = asyncio.Event()
         self._emptied = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -54,6 +71,7 @@ class BufferedEventSink:
         if len(self._queue) >= self._max:
             # Redis is down or slow: keep the calls running, count what could not be kept.
             self.dropped += 1
+            metrics.call_events_dropped()
             return
         self._queue.append((kind, call_id, fields))
         self._wakeup.set()
@@ -62,14 +80,25 @@ class BufferedEventSink:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            failures = 0
             while self._queue:
                 kind, call_id, fields = self._queue[0]
                 try:
                     await self._log.emit(kind, call_id, **fields)
-                except Exception:
-                    logger.warning("could not write call event %s; retrying", kind, exc_info=True)
-                    await asyncio.sleep(0.5)
+                except Exception as exc:
+                    failures += 1
+                    if failures == 1:
+                        logger.warning("call events cannot be written (%s); holding them", exc)
+                    await self._sleep(self._retry_s)
                     continue
+                if failures:
+                    logger.warning(
+                        "call events written again after %d failed tries; %d held, %d dropped",
+                        failures,
+                        len(self._queue),
+                        self.dropped,
+                    )
+                    failures = 0
                 self._queue.popleft()
             self._emptied.set()
 

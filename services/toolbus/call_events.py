@@ -32,6 +32,7 @@ Events may hold personal data (transcripts, digits): they go to this stream, nev
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -41,6 +42,8 @@ from datetime import UTC, datetime
 from typing import Final
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.errors import ProtocolError, UserError
 from services.toolbus.envelopes import ENVELOPE_VERSION
@@ -173,7 +176,8 @@ async def tail_events(
     """Follow the stream from ``start`` (``"$"``: events after the first read; ``"0"``: all).
 
     Stops after ``count`` events, else runs until the consumer stops iterating. Entries that are
-    not call events are logged and skipped.
+    not call events are logged and skipped. When Redis goes away (a restart) it keeps retrying
+    and goes on from the last entry it yielded.
     """
     if start == "$":
         # A concrete id: re-reading from "$" after an empty read would skip what came between.
@@ -181,10 +185,24 @@ async def tail_events(
         start = as_str(newest[0][0] or "0-0") if newest else "0-0"
     block_ms = block_ms_within(redis, block_ms)
     seen = 0
+    failures = 0
     while count is None or seen < count:
         batch = None if count is None else count - seen
-        reply = await redis.xread({stream: start}, block=block_ms, count=batch)
+        try:
+            reply = await redis.xread({stream: start}, block=block_ms, count=batch)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            # Redis restarted or is away: wait and read on from the last entry seen, so nothing
+            # is skipped or repeated (the stream outlives a restart in its AOF).
+            reraise_swallowed_cancel()
+            failures += 1
+            if failures == 1:
+                logger.warning("call events: Redis unreachable (%s); retrying", exc)
+            await asyncio.sleep(min(2.0, 0.1 * 2 ** min(failures, 5)))
+            continue
         reraise_swallowed_cancel()
+        if failures:
+            logger.warning("call events: Redis is back after %d failed reads", failures)
+            failures = 0
         for _stream, entries in stream_entries(reply):
             for entry_id, fields in entries:
                 start = entry_id

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -44,3 +47,53 @@ async def test_events_tail_prints_the_stream(
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_events_tail_goes_on_across_a_redis_restart(tmp_path: Path) -> None:
+    first = EmbeddedRedis(tmp_path / "redis")
+    url = first.start()
+    port = first.port
+    assert first.pid is not None and port is not None
+    writer = aioredis.Redis.from_url(url)
+    log = CallEventLog(writer)
+    await log.call_ended("before-restart", reason="caller_hangup", duration_s=1.0)
+    await asyncio.sleep(1.2)  # appendfsync everysec: the entry is in the AOF
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "events",
+        "tail",
+        "--start",
+        "0",
+        env={**os.environ, "REDIS_URL": url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    second: EmbeddedRedis | None = None
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30 * TIMEOUT_FACTOR):
+            assert "before-restart" in (await proc.stdout.readline()).decode()
+            os.kill(first.pid, signal.SIGKILL)
+            await asyncio.sleep(1.0)  # the tail's reads fail meanwhile
+            first.stop()
+            second = EmbeddedRedis(tmp_path / "redis")
+            assert second.start(port=port) == url  # same directory, port and password
+            await writer.aclose()
+            writer = aioredis.Redis.from_url(url)
+            await CallEventLog(writer).call_ended(
+                "after-restart", reason="agent_hangup", duration_s=2.0
+            )
+            line = (await proc.stdout.readline()).decode()
+        assert "after-restart" in line, line  # not the old entry again, nothing skipped
+        assert proc.returncode is None
+    finally:
+        proc.terminate()
+        _, err = await proc.communicate()
+        await writer.aclose()
+        if second is not None:
+            second.stop()
+        first.stop()
+    assert b"Traceback" not in err
+    assert b"retrying" in err and urlsplit(url).password.encode() not in err  # type: ignore[union-attr]

@@ -6,13 +6,16 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import psutil
 import pytest
 import redis
 
@@ -75,6 +78,43 @@ def fake_binary(tmp_path: Path, version: str, serve: str = "exit 1") -> str:
     return str(script)
 
 
+def test_requires_its_generated_password_and_shows_it_nowhere(
+    tmp_path: Path, client_for: list[redis.Redis]
+) -> None:
+    server = EmbeddedRedis(tmp_path / "data")
+    url = server.start()
+    try:
+        password = urlsplit(url).password
+        assert password and len(password) >= 24 and password not in server.safe_url
+        anonymous = redis.Redis(host="127.0.0.1", port=server.port)
+        client_for.append(anonymous)
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+        assert connect(server, client_for).ping()
+        config = tmp_path / "data" / "redis.conf"
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        assert server.pid is not None
+        assert password not in " ".join(psutil.Process(server.pid).cmdline())
+        assert password not in repr(server)
+    finally:
+        server.stop()
+    assert password not in server.log_path.read_text()
+    again = EmbeddedRedis(tmp_path / "data")
+    again.start()  # the same directory keeps its password, so clients can reconnect
+    try:
+        assert urlsplit(again.url).password == password
+    finally:
+        again.stop()
+    config.chmod(0o644)  # someone else may have read it: a new one
+    fresh = EmbeddedRedis(tmp_path / "data")
+    fresh.start()
+    try:
+        assert urlsplit(fresh.url).password != password
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    finally:
+        fresh.stop()
+
+
 def test_starts_serves_on_loopback_and_stops_leaving_no_process(
     tmp_path: Path, client_for: list[redis.Redis]
 ) -> None:
@@ -82,7 +122,7 @@ def test_starts_serves_on_loopback_and_stops_leaving_no_process(
     url = server.start()
     pid = server.pid
     try:
-        assert url == f"redis://127.0.0.1:{server.port}/0" == server.url
+        assert url == server.url and server.safe_url == f"redis://127.0.0.1:{server.port}/0"
         assert pid is not None and not is_gone(pid)
         client = connect(server, client_for)
         assert client.ping()

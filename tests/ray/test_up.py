@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -59,6 +61,11 @@ def test_up_starts_everything_and_stops_clean(tmp_path: Path) -> None:
         text = "".join(banner)
         assert "callray is up" in text, text
         assert "embedded redis-server" in text and "local model server" in text
+        # The embedded Redis has a password; it is in a file only we can read, not the banner.
+        url_file = tmp_path / "data" / "redis.url"
+        password = urlsplit(url_file.read_text().strip()).password
+        assert password and password not in text
+        assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
         started = psutil.Process(proc.pid).children(recursive=True)
         names = {p.name() for p in started}
         assert any("redis-server" in n for n in names), names
