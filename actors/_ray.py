@@ -136,6 +136,9 @@ class HostClient:
     async def ping(self, limit_s: float) -> Any:
         return await call(self.handle, "ping", limit_s=limit_s)
 
+    async def close_call(self, call_id: str, reason: str) -> None:
+        await call(self.handle, "close_call", call_id, reason, limit_s=5.0)
+
     async def shutdown(self, limit_s: float) -> None:
         await call(self.handle, "shutdown", limit_s=limit_s)
 
@@ -144,7 +147,8 @@ class HostClient:
 
 
 class RouterClient:
-    """The router as session hosts (release, register) and ingresses (open_call) use it."""
+    """The router as session hosts (release, register) and ingresses (open_call, move_call)
+    use it."""
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
@@ -157,6 +161,9 @@ class RouterClient:
 
     async def open_call(self, spec: Any) -> Any:
         return await call(self.handle, "open_call", spec)
+
+    async def move_call(self, spec: Any, from_host: str) -> Any:
+        return await call(self.handle, "move_call", spec, from_host)
 
 
 def current_actor() -> Any:

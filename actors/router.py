@@ -50,8 +50,15 @@ class RouterActor:
     async def open_call(self, spec: CallSpec) -> Opened | Rejected:
         return await self.core.open_call(spec)
 
+    async def move_call(self, spec: CallSpec, from_host: str) -> Opened | Rejected:
+        return await self.core.move_call(spec, from_host)
+
     def release(self, call_id: str, reason: str = "") -> None:
         self.core.release(call_id, reason)
+
+    def host_of(self, call_id: str) -> str | None:
+        """The session host a live call is on (None: not placed)."""
+        return self.core.placement.host_of(call_id)
 
     def drain(self, host_id: str) -> bool:
         return self.core.drain(host_id)

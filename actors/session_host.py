@@ -87,6 +87,10 @@ class SessionHostActor:
     async def open_call(self, spec: CallSpec) -> float:
         return await self.host.open_call(spec)
 
+    async def close_call(self, call_id: str, reason: str) -> bool:
+        """End a call here (the router moved it to another host)."""
+        return await self.host.close_call(call_id, reason)
+
     async def shutdown(self) -> None:
         """End every call here and flush events (a drained host has none left)."""
         await self.host.close_all("host_shutdown")

@@ -93,6 +93,10 @@ class MediaSettings:
     # Media-channel messages between an ingress and a host leave at most this often per
     # direction; what arrives meanwhile rides along.
     channel_interval_ms: float = 2.0
+    # An ingress that cannot reach a host's media channel for this long takes the host for
+    # lost and moves its live calls to other hosts (the caller hears this much silence, plus
+    # the new session's start).
+    host_lost_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,7 @@ def load_media_settings(env: Mapping[str, str]) -> MediaSettings:
         chunk_ms=_frame_ms(env, "CALLRAY_MEDIA_CHUNK_MS", d.chunk_ms, 1000),
         mark_ms=_frame_ms(env, "CALLRAY_MARK_MS", d.mark_ms, 1000),
         channel_interval_ms=interval,
+        host_lost_s=_float(env, "CALLRAY_HOST_LOST_S", d.host_lost_s),
     )
 
 

@@ -12,7 +12,13 @@ signalling and gives the core one :class:`MediaLeg` per call. The core does the 
   barge-in to stop playback at once (what the caller had heard then goes back to the session,
   which truncates with it), hang-up and transfer to the provider, the session's end to close;
 * **the end**, from either side: the session is told the caller hung up
-  (:meth:`IngressCore.caller_gone`), and :meth:`IngressCore.release` forgets the call.
+  (:meth:`IngressCore.caller_gone`), and :meth:`IngressCore.release` forgets the call;
+* **a lost host**: when the media channel to a host cannot be re-established for
+  ``MediaSettings.host_lost_s``, each live call on it is moved: the router places it on another
+  host (``move_call``), where a new session resumes it, and the caller hears a gap, not a
+  hang-up; with no capacity left the call ends ``host_lost``. From then on commands for the call
+  are taken from its new host only, so a host that was slow rather than dead cannot speak into
+  it.
 
 Playback accounting is the adapter's (it knows what "played" means on its media: Twilio marks,
 RTP sent, a track's clock); the core only carries the figures.
@@ -20,6 +26,7 @@ RTP sent, a track's clock); the core only carries the figures.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -52,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 class RouterPort(Protocol):
     async def open_call(self, spec: CallSpec) -> Any: ...
+
+    async def move_call(self, spec: CallSpec, from_host: str) -> Any: ...
 
 
 class MediaLeg(Protocol):
@@ -95,6 +104,7 @@ class IngressCall:
     spec: CallSpec
     leg: MediaLeg
     link: MediaChannelClient
+    host_id: str
     ended: bool = False
 
 
@@ -116,8 +126,11 @@ class IngressCore:
         self._media = media or MediaSettings()
         self._links: dict[str, MediaChannelClient] = {}
         self.calls: dict[str, IngressCall] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         for link in self._links.values():
             await link.close()
 
@@ -133,24 +146,31 @@ class IngressCore:
             refused = await self._claim(self._ledger, token)
             if refused is not None:
                 return refused
-        result = await self._router.open_call(dataclasses.replace(spec, ingress_id=self.ingress_id))
+        spec = dataclasses.replace(spec, ingress_id=self.ingress_id)
+        result = await self._router.open_call(spec)
         if isinstance(result, Rejected):
             logger.info("call refused: %s", result.reason)
             return Busy(result.reason)
-        link = self._links.get(result.host_id)
-        if link is None:
-            link = MediaChannelClient(
-                self._locate_channel(result.host),
-                ingress_id=self.ingress_id,
-                dispatch=self._dispatch,
-                interval_s=self._media.channel_interval_ms / 1000,
-            )
-            link.start()
-            self._links[result.host_id] = link
-        call = IngressCall(spec, leg, link)
+        link = self._link(result.host_id, result.host)
+        call = IngressCall(spec, leg, link, result.host_id)
         link.calls.add(spec.call_id)
         self.calls[spec.call_id] = call
         return call
+
+    def _link(self, host_id: str, host: Any) -> MediaChannelClient:
+        link = self._links.get(host_id)
+        if link is None:
+            link = MediaChannelClient(
+                self._locate_channel(host),
+                ingress_id=self.ingress_id,
+                dispatch=lambda command: self._dispatch(command, host_id),
+                interval_s=self._media.channel_interval_ms / 1000,
+                on_lost=lambda: self._host_lost(host_id),
+                lost_after_s=self._media.host_lost_s,
+            )
+            link.start()
+            self._links[host_id] = link
+        return link
 
     async def _claim(self, ledger: TokenLedger, token: RedeemedToken) -> Refused | None:
         try:
@@ -195,12 +215,47 @@ class IngressCore:
         del self.calls[call_id]
         call.link.calls.discard(call_id)
 
+    # ----- a lost host ---------------------------------------------------------------------------
+
+    def _host_lost(self, host_id: str) -> None:
+        link = self._links.pop(host_id, None)
+        if link is None:
+            return
+        moving = [c for c in self.calls.values() if c.host_id == host_id and not c.ended]
+        logger.error("session host %s lost: moving its %d calls", host_id, len(moving))
+        for call in moving:
+            task = asyncio.ensure_future(self._move(call, host_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _move(self, call: IngressCall, host_id: str) -> None:
+        call_id = call.spec.call_id
+        spec = dataclasses.replace(call.spec, greet=False, resumed=True)
+        try:
+            result = await self._router.move_call(spec, host_id)
+        except Exception as exc:  # the router itself unreachable
+            logger.error("could not move call off lost host %s: %s", host_id, exc)
+            result = Rejected("router_unreachable")
+        if self.calls.get(call_id) is not call or call.ended:
+            # The caller hung up meanwhile: end what the move opened.
+            if not isinstance(result, Rejected):
+                self._link(result.host_id, result.host).send(call_id, CallerHungUp("caller_hangup"))
+            return
+        if isinstance(result, Rejected):
+            call.ended = True
+            call.leg.end("host_lost")
+            return
+        call.link.calls.discard(call_id)
+        call.link = self._link(result.host_id, result.host)
+        call.host_id = result.host_id
+        call.link.calls.add(call_id)
+
     # ----- session → caller ----------------------------------------------------------------------
 
-    def _dispatch(self, command: Command) -> None:
+    def _dispatch(self, command: Command, host_id: str) -> None:
         call = self.calls.get(command.call_id)
-        if call is None:
-            return
+        if call is None or call.host_id != host_id:
+            return  # not this host's call (any more): a host the call moved off cannot speak
         leg = call.leg
         if isinstance(command, PlayAudio):
             leg.play(command)

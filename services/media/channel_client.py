@@ -6,7 +6,8 @@
 handed to ``dispatch`` as each message arrives. The client connects when started and again
 whenever the channel breaks (``locate`` is asked for the host's URL and key each time, since a
 restarted host has new ones); what a broken batch held is redelivered by the
-:class:`~.channel.Redelivery` policy.
+:class:`~.channel.Redelivery` policy. When no connection can be made for ``lost_after_s``, the
+host is taken for lost: ``on_lost`` is called once and the client stops (its calls move).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class MediaChannelClient:
         outbox_limit: int = channel.DEFAULT_OUTBOX_LIMIT,
         connect_timeout_s: float = 10.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        on_lost: Callable[[], None] | None = None,
+        lost_after_s: float = 1.0,
     ) -> None:
         self._locate = locate
         self._ingress_id = ingress_id
@@ -49,6 +53,9 @@ class MediaChannelClient:
         self._redelivery = redelivery or channel.Redelivery()
         self._connect_timeout_s = connect_timeout_s
         self._sleep = sleep  # the back-off's clock (virtual in tests)
+        self._clock = clock
+        self._on_lost = on_lost
+        self._lost_after_s = lost_after_s
         self._outbox = channel.input_outbox(outbox_limit)
         self._ready = asyncio.Event()
         self._outbox.on_ready = self._ready.set
@@ -84,6 +91,7 @@ class MediaChannelClient:
     # ----- the connection ------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        down_since = self._clock()  # not connected yet
         while True:
             delay = self._redelivery.delay()
             if delay:
@@ -92,6 +100,12 @@ class MediaChannelClient:
                 ws = await self._connect()
             except (OSError, TimeoutError, WebSocketException, CallrayError) as exc:
                 self._failed(self._outbox.take(), f"media channel unavailable: {exc}")
+                if self._on_lost is not None and self._clock() - down_since >= self._lost_after_s:
+                    # The host is gone (or unreachable for as long as a caller tolerates
+                    # silence): its calls must move; this link is done.
+                    logger.warning("media channel lost for %.1f s: host lost", self._lost_after_s)
+                    self._on_lost()
+                    return
                 continue
             self.connected.set()
             self._lost = False
@@ -99,6 +113,7 @@ class MediaChannelClient:
             try:
                 await self._send(ws)
             finally:
+                down_since = self._clock()
                 self.connected.clear()
                 receiver.cancel()
                 await asyncio.gather(receiver, return_exceptions=True)

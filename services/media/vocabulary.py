@@ -31,6 +31,9 @@ class CallSpec:
     # Which ingress's media channel this call's commands are pushed to: a host serves several
     # ingresses, each attached over its own channel.
     ingress_id: str = ""
+    # The call was live on a host that was lost, and its ingress moved it here: the caller is
+    # mid-conversation, so the agent says the line dropped instead of greeting.
+    resumed: bool = False
 
 
 # ----- inputs: ingress → session -----------------------------------------------------------------

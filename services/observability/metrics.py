@@ -130,6 +130,11 @@ FRONT_DOOR_REFUSED = Counter(
     " reason (pending_limit, start_timeout, request_timeout)",
     ["reason"],
 )
+CALLS_MOVED = Counter(
+    "callray_calls_moved_total",
+    "Live calls an ingress moved off a session host it lost, by outcome (moved, no_capacity)",
+    ["outcome"],
+)
 CALL_EVENTS_DROPPED = Counter(
     "callray_call_events_dropped_total",
     "Call events dropped because the event log (Redis) was away longer than the queue holds",
@@ -298,6 +303,10 @@ def tool_reclaimed(count: int = 1) -> None:
 
 def media_frames(direction: str, count: int) -> None:
     _media_frames(direction).add(count)
+
+
+def call_moved(outcome: str) -> None:
+    CALLS_MOVED.labels(outcome).inc()
 
 
 def call_events_dropped() -> None:

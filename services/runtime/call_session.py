@@ -63,6 +63,11 @@ PLAYBACK_CUT_WAIT_S = 0.5
 # A dropped model connection is retried at once (within 250 ms, jittered so that the calls of
 # a model server that restarted do not all come back in the same millisecond), then with a
 # doubling back-off of at most 2 s, until ModelSettings.reconnect_s has passed.
+# A call moved off a lost host starts on a new model session; the agent first says so.
+RESUME_INSTRUCTIONS = (
+    "The line dropped for a moment and the caller is still there. Say in one short sentence "
+    "that you are back, and ask them to repeat what they said last."
+)
 RECONNECT_FIRST_S = 0.25
 RECONNECT_MAX_S = 2.0
 
@@ -161,7 +166,9 @@ class CallSession(CallControl):
         begin = self._clock()
         await self.session.connect(api_key=self._model.api_key.value or None, url=self._model_url)
         metrics.model_connected(self._clock() - begin)
-        if self.spec.greet:
+        if self.spec.resumed:
+            self.session.transport.request_response({"instructions": RESUME_INSTRUCTIONS})
+        elif self.spec.greet:
             self.session.transport.request_response()
         self._events.emit("call.started", self.call_id, transport=self.spec.transport)
 

@@ -86,8 +86,9 @@ class Placement:
     def active_calls(self) -> int:
         return len(self._call_host)
 
-    def place(self, call_id: str) -> Placed | Rejected:
-        """Reserve a seat for ``call_id`` on the least-loaded host that takes calls."""
+    def place(self, call_id: str, *, avoid: str | None = None) -> Placed | Rejected:
+        """Reserve a seat for ``call_id`` on the least-loaded host that takes calls (not on
+        ``avoid``: the host a moving call comes from)."""
         existing = self._call_host.get(call_id)
         if existing is not None:
             return Placed(existing)  # a retried open lands where the first one did
@@ -95,7 +96,9 @@ class Placement:
             return Rejected(NO_HOSTS)
         if len(self._call_host) >= self.cluster_capacity:
             return Rejected(BUSY_CLUSTER)
-        best = _least_loaded(s for s in self._hosts.values() if not s.draining and s.free > 0)
+        best = _least_loaded(
+            s for s in self._hosts.values() if not s.draining and s.free > 0 and s.host_id != avoid
+        )
         if best is None:
             return Rejected(BUSY_HOSTS)
         best.calls.add(call_id)

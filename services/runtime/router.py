@@ -29,6 +29,8 @@ HOST_LOST = "host_lost"
 class HostLike(Protocol):
     async def open_call(self, spec: CallSpec) -> float: ...
 
+    async def close_call(self, call_id: str, reason: str) -> None: ...
+
     async def ping(self, limit_s: float) -> Any: ...
 
     async def shutdown(self, limit_s: float) -> None: ...
@@ -62,6 +64,7 @@ class RouterCore:
         health_interval_s: float = 1.0,
         ping_timeout_s: float = 2.0,
         misses_before_lost: int = 2,
+        move_grace_s: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.placement = Placement(cluster_capacity)
@@ -71,6 +74,10 @@ class RouterCore:
         self._interval = health_interval_s
         self._ping_timeout = ping_timeout_s
         self._misses = misses_before_lost
+        self._move_grace_s = move_grace_s
+        # Calls of a lost host that their ingress may still move: reported ended only if it
+        # has not within move_grace_s (transport by call id).
+        self._orphans: dict[str, str] = {}
         self._sleep = sleep
         self._tasks: set[asyncio.Task[None]] = set()
         self.released: list[str] = []
@@ -113,7 +120,10 @@ class RouterCore:
     # ----- calls ---------------------------------------------------------------------------------
 
     async def open_call(self, spec: CallSpec) -> Opened | Rejected:
-        decision = self.placement.place(spec.call_id)  # synchronous: the admission point
+        return await self._open(spec)
+
+    async def _open(self, spec: CallSpec, avoid: str | None = None) -> Opened | Rejected:
+        decision = self.placement.place(spec.call_id, avoid=avoid)  # synchronous: admission
         if isinstance(decision, Rejected):
             metrics.call_rejected(decision.reason)
             return decision
@@ -128,6 +138,32 @@ class RouterCore:
             logger.warning("call setup failed on %s: %s", decision.host_id, reason)
             return Rejected(str(reason))
         return Opened(spec.call_id, decision.host_id, host.handle, setup)
+
+    async def move_call(self, spec: CallSpec, from_host: str) -> Opened | Rejected:
+        """Open ``spec`` (a live call: its ingress lost the media channel to ``from_host``) on
+        another host. The caller is still on the line, so this is a placement like a new call's
+        except that it never lands on ``from_host``; the session there, if the host is only
+        slow and not dead, is told to end (``moved``): the ingress already ignores it, and a
+        call is never live on two hosts for longer than that message takes."""
+        self.placement.release(spec.call_id)
+        self._transport_of.pop(spec.call_id, None)
+        self._orphans.pop(spec.call_id, None)
+        old = self._hosts.get(from_host)
+        if old is not None:
+            self._spawn(self._close_moved(old, from_host, spec.call_id))
+        result = await self._open(spec, avoid=from_host)
+        metrics.call_moved("moved" if isinstance(result, Opened) else "no_capacity")
+        if isinstance(result, Opened):
+            logger.info("call moved from %s to %s", from_host, result.host_id)
+        return result
+
+    async def _close_moved(self, host: _Host, host_id: str, call_id: str) -> None:
+        try:
+            await host.client.close_call(call_id, "moved")
+        except CallrayError:
+            pass  # gone, as the ingress thought: its health check will say so
+        except Exception:
+            logger.warning("could not tell %s that a call moved away", host_id, exc_info=True)
 
     def release(self, call_id: str, reason: str = "") -> None:
         self.placement.release(call_id)
@@ -178,18 +214,28 @@ class RouterCore:
                 self.host_lost(host_id)
 
     def host_lost(self, host_id: str) -> list[str]:
-        """Report every call of a dead host ended, and place no more calls there."""
+        """Place no more calls on a dead host; report each of its calls ended unless its
+        ingress moves it (``move_call``) within ``move_grace_s``."""
         host = self._hosts.pop(host_id, None)
         calls = self.placement.remove_host(host_id)
         self.lost.append(host_id)
         for call_id in calls:
-            transport = self._transport_of.pop(call_id, "unknown")
-            metrics.call_outcome(transport, HOST_LOST)
-            self._events.emit("call.ended", call_id, reason=HOST_LOST, duration_s=-1)
+            self._orphans[call_id] = self._transport_of.pop(call_id, "unknown")
+        if calls:
+            self._spawn(self._end_unmoved(calls))
         if host is not None:
             metrics.process_exited(host.pid)
         logger.error("session host %s lost with %d calls", host_id, len(calls))
         return calls
+
+    async def _end_unmoved(self, calls: list[str]) -> None:
+        await self._sleep(self._move_grace_s)
+        for call_id in calls:
+            transport = self._orphans.pop(call_id, None)
+            if transport is None:
+                continue  # moved
+            metrics.call_outcome(transport, HOST_LOST)
+            self._events.emit("call.ended", call_id, reason=HOST_LOST, duration_s=-1)
 
     async def close(self) -> None:
         for task in list(self._tasks):

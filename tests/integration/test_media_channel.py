@@ -22,6 +22,7 @@ from services.realtime.tools import InProcessToolRunner
 from services.runtime.events import ListEventSink
 from services.runtime.host import CallHost
 from tests.conftest import TIMEOUT_FACTOR
+from tests.virtual_time import FakeClock
 from tests.wire import WireValidator
 
 pytestmark = pytest.mark.integration
@@ -146,3 +147,33 @@ async def test_a_host_that_stays_away_is_retried_with_back_off_then_given_up() -
         await client.close()
     assert slept[:7] == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4, 0.4]
     assert client.pending == 0  # the hang-up was given up after the sixth failure
+
+
+async def test_a_host_unreachable_for_host_lost_s_is_reported_lost_once() -> None:
+    clock = FakeClock()
+
+    async def sleep(seconds: float) -> None:  # virtual time: the back-off moves the clock
+        clock.advance(seconds)
+        await asyncio.sleep(0)
+
+    async def locate() -> tuple[str, str]:
+        return "ws://127.0.0.1:9/media", "key"  # the discard port: nothing listens
+
+    lost: list[float] = []
+    client = MediaChannelClient(
+        locate,
+        ingress_id="i1",
+        dispatch=lambda _c: None,
+        sleep=sleep,
+        clock=clock,
+        on_lost=lambda: lost.append(clock()),
+        lost_after_s=1.0,
+    )
+    began = clock()
+    client.start()
+    try:
+        await until(lambda: bool(lost))
+        await asyncio.sleep(0.05)  # and it stops trying: reported once
+    finally:
+        await client.close()
+    assert len(lost) == 1 and 1.0 <= lost[0] - began < 2.0

@@ -9,6 +9,7 @@ from typing import Any
 from services.errors import TransportError
 from services.media.vocabulary import CallSpec
 from services.runtime.events import ListEventSink
+from services.runtime.placement import Rejected
 from services.runtime.router import HOST_LOST, Opened, RouterCore
 
 
@@ -17,9 +18,17 @@ class FakeHost:
         self.answers = True
         self.shut_down = False
         self.killed = False
+        self.opened: list[CallSpec] = []
+        self.closed: list[tuple[str, str]] = []
 
     async def open_call(self, spec: CallSpec) -> float:
+        self.opened.append(spec)
         return 0.001
+
+    async def close_call(self, call_id: str, reason: str) -> None:
+        if not self.answers:
+            raise TransportError("no answer")
+        self.closed.append((call_id, reason))
 
     async def ping(self, limit_s: float) -> Any:
         if not self.answers:
@@ -46,7 +55,8 @@ class VirtualTime:
 
 async def test_a_host_is_lost_after_the_missed_rounds_and_its_calls_end() -> None:
     events = ListEventSink()
-    core = RouterCore(cluster_capacity=10, events=events, misses_before_lost=2)
+    time = VirtualTime()
+    core = RouterCore(cluster_capacity=10, events=events, misses_before_lost=2, sleep=time.sleep)
     good, bad = FakeHost(), FakeHost()
     core.register_host("good", good, "good-handle", 5, 1)
     core.register_host("bad", bad, "bad-handle", 5, 2)
@@ -58,6 +68,9 @@ async def test_a_host_is_lost_after_the_missed_rounds_and_its_calls_end() -> Non
     assert core.lost == []  # one missed round is not enough
     await core.check_hosts()
     assert core.lost == ["bad"]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert 5.0 in time.slept  # after the ingress's chance to move them (it did not, here)
     ended = [
         (call, fields["reason"]) for kind, call, fields in events.events if kind == "call.ended"
     ]
@@ -92,3 +105,62 @@ async def test_a_drained_host_is_released_once_its_last_call_ends() -> None:
         await asyncio.sleep(0)
     assert core.released == ["h"] and host.shut_down and host.killed
     await core.close()
+
+
+async def test_a_moved_call_lands_on_another_host_and_the_old_one_is_told() -> None:
+    events = ListEventSink()
+    core = RouterCore(cluster_capacity=10, events=events, misses_before_lost=2)
+    a, b = FakeHost(), FakeHost()
+    core.register_host("a", a, "a-handle", 5, 1)
+    core.register_host("b", b, "b-handle", 5, 2)
+    first = await core.open_call(CallSpec("c1"))
+    assert isinstance(first, Opened)
+    old, other = (a, "b") if first.host_id == "a" else (b, "a")
+    moved = await core.move_call(CallSpec("c1", greet=False, resumed=True), first.host_id)
+    assert isinstance(moved, Opened) and moved.host_id == other and moved.call_id == "c1"
+    assert core.placement.host_of("c1") == other and core.placement.active_calls == 1
+    await asyncio.sleep(0)  # the old host is told without the move waiting for it
+    assert old.closed == [("c1", "moved")]
+    # When the old host is then found lost, the moved call is not reported ended with it.
+    old.answers = False
+    await core.check_hosts()
+    await core.check_hosts()
+    assert core.lost == [first.host_id]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not any(kind == "call.ended" for kind, _, _ in events.events)
+
+
+async def test_a_call_moved_within_the_grace_after_its_host_was_lost_is_not_ended() -> None:
+    events = ListEventSink()
+    released = asyncio.Event()
+
+    async def sleep(_seconds: float) -> None:
+        await released.wait()  # the grace lasts until the test says so
+
+    core = RouterCore(cluster_capacity=10, events=events, misses_before_lost=1, sleep=sleep)
+    a, b = FakeHost(), FakeHost()
+    core.register_host("a", a, "a-handle", 5, 1)
+    await core.open_call(CallSpec("c1"))
+    await core.open_call(CallSpec("c2"))
+    core.register_host("b", b, "b-handle", 5, 2)
+    a.answers = False
+    await core.check_hosts()
+    assert core.lost == ["a"]
+    moved = await core.move_call(CallSpec("c1", resumed=True), "a")  # the ingress moved c1
+    assert isinstance(moved, Opened) and moved.host_id == "b"
+    released.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    ended = [call for kind, call, _ in events.events if kind == "call.ended"]
+    assert ended == ["c2"]  # c2's ingress never moved it
+
+
+async def test_a_call_with_nowhere_to_move_is_refused() -> None:
+    core = RouterCore(cluster_capacity=10, events=ListEventSink())
+    only = FakeHost()
+    core.register_host("only", only, "h", 5, 1)
+    await core.open_call(CallSpec("c1"))
+    moved = await core.move_call(CallSpec("c1", resumed=True), "only")
+    assert isinstance(moved, Rejected)
+    assert core.placement.active_calls == 0  # its seat on the lost host is freed

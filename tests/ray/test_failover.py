@@ -1,0 +1,157 @@
+"""A session host dies under live calls (SIGKILL): the ingress notices its media channel is gone,
+the router places each call on the other host, a new session resumes it, and the callers hear a
+gap, not a hang-up. Real Ray, Redis, sockets, Twilio callers and the local model."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from actors import _ray
+from actors.cluster import Cluster, start_cluster
+from services.config import (
+    GatewaySettings,
+    LocalModelSettings,
+    ModelSettings,
+    RuntimeSettings,
+    Secret,
+)
+from services.localmodel.server import LocalModelServer
+from services.runtime.call_session import RESUME_INSTRUCTIONS
+from tests.conftest import TIMEOUT_FACTOR
+from tests.ray.callers import AUTH_TOKEN, Caller, make_caller
+from tests.ray.events import events_of
+from tests.ray.scrape import parse_samples
+from tests.wire import WireValidator
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.ray,
+    pytest.mark.slow,
+    pytest.mark.asyncio(loop_scope="module"),
+]
+
+WAIT = 20 * TIMEOUT_FACTOR
+
+
+@dataclass
+class System:
+    cluster: Cluster
+    base_url: str
+    wire: WireValidator
+    redis_url: str
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def system(ray_session: None, redis_url: str) -> AsyncIterator[System]:
+    wire = WireValidator()
+    model = LocalModelServer(LocalModelSettings(port=0, speed=4.0), observer=wire)
+    await model.start()
+    cluster = await asyncio.to_thread(
+        start_cluster,
+        RuntimeSettings(hosts=2, executors=1, host_capacity=6, cluster_capacity=12),
+        redis_url=redis_url,
+        model=ModelSettings(Secret(""), None, "gpt-realtime"),
+        model_url=model.url,
+        host_prefix="fo",
+    )
+    gateway = GatewaySettings(port=0, twilio_auth_token=Secret(AUTH_TOKEN))
+    port = await asyncio.to_thread(cluster.add_ingress, "ingress-fo", gateway)
+    try:
+        yield System(cluster, f"http://127.0.0.1:{port}", wire, redis_url)
+    finally:
+        await asyncio.to_thread(cluster.stop)
+        await model.stop()
+    wire.check()
+
+
+async def until(predicate: object, what: str) -> None:
+    try:
+        async with asyncio.timeout(WAIT):
+            while not predicate():  # type: ignore[operator]
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def test_calls_on_a_killed_host_move_and_go_on(system: System) -> None:
+    cluster = system.cluster
+    callers: list[Caller] = []
+    for _ in range(6):
+        caller = make_caller("twilio", system.base_url)
+        await caller.dial()
+        callers.append(caller)
+    await until(lambda: all(c.received_audio >= 8 * 300 for c in callers), "every greeting")
+    where = {
+        c.call_id: await asyncio.to_thread(_ray.call_sync, cluster.router, "host_of", c.call_id)
+        for c in callers
+    }
+    victim = max(set(where.values()), key=list(where.values()).count)
+    survivor = next(h for h in cluster.hosts if h != victim)
+    moving = [c for c in callers if where[c.call_id] == victim]
+    staying = [c for c in callers if where[c.call_id] != victim]
+    assert moving and staying, where
+    await until(lambda: not any(c.received_audio != c.played_audio for c in callers), "quiet")
+    heard = {c.call_id: c.received_audio for c in callers}
+    resumes = sum(
+        1
+        for e in system.wire.client_log
+        if e["type"] == "response.create"
+        and e.get("response", {}).get("instructions") == RESUME_INSTRUCTIONS
+    )
+
+    killed_at = time.monotonic()
+    os.kill(cluster.host_pids[victim], signal.SIGKILL)
+    back_at: dict[str, float] = {}
+
+    def all_back() -> bool:
+        for c in moving:
+            if c.call_id not in back_at and c.received_audio > heard[c.call_id]:
+                back_at[c.call_id] = time.monotonic()
+        return len(back_at) == len(moving)
+
+    await until(all_back, "audio again on every moved call")
+    gaps = sorted(t - killed_at for t in back_at.values())
+    assert gaps[-1] < 10.0, gaps  # a gap, not a hang-up (bench/faults.py measures it)
+    assert all(c.closed_reason is None for c in callers), [c.closed_reason for c in callers]
+    for c in moving:
+        now_on = await asyncio.to_thread(_ray.call_sync, cluster.router, "host_of", c.call_id)
+        assert now_on == survivor
+        # The same call, not a new one: no host_lost end was recorded for it.
+        kinds = [e["kind"] for e in _events(system, c.call_id)]
+        assert "call.ended" not in kinds and kinds.count("call.started") == 2
+    # Each moved call's new session said the line dropped instead of greeting.
+    assert sum(
+        1
+        for e in system.wire.client_log
+        if e["type"] == "response.create"
+        and e.get("response", {}).get("instructions") == RESUME_INSTRUCTIONS
+    ) == resumes + len(moving)
+    async with aiohttp.ClientSession() as http, http.get(f"{system.base_url}/metrics") as r:
+        samples = parse_samples(await r.text())
+    assert samples.get("callray_calls_moved_total", 0) >= len(moving)
+
+    # The moved calls end as calls do: the caller hangs up, the seat on the survivor is freed.
+    for c in callers:
+        await c.hang_up()
+    await until(lambda: cluster.status()["calls"] == 0, "every seat released")
+    await until(lambda: victim in cluster.status()["lost"], "the router to see the host lost")
+    del cluster.hosts[victim]
+
+
+def _events(system: System, call_id: str) -> list[dict[str, str]]:
+    import redis
+
+    r = redis.Redis.from_url(system.redis_url)
+    try:
+        return events_of(r, call_id)
+    finally:
+        r.close()
