@@ -1,8 +1,9 @@
 """``SessionHostActor``: a Ray actor hosting hundreds of calls (a :class:`CallHost`).
 
 It owns this process's Redis connection, the shared :class:`RedisToolRunner` (tool results for
-every call here arrive on one stream, ``callray:tool-results:<host id>``) and the call-event
-writer, and registers itself with the router when started.
+every call here arrive on one stream, ``callray:tool-results:<host id>``), the call-event
+writer and the calls' conversation records (so another host can resume a call moved off this
+one), and registers itself with the router when started.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from services.redis_client import connect as connect_redis
 from services.runtime.events import BufferedEventSink
 from services.runtime.host import CallHost
 from services.toolbus.call_events import CallEventLog
+from services.toolbus.conversations import RedisConversations
 from services.toolbus.runner import RedisToolRunner
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class SessionHostActor:
             capacity=capacity,
             on_call_end=self._call_ended,
             append_ms=media.append_ms,
+            conversations=RedisConversations(self._redis),
         )
         # Media to and from ingresses streams over this socket, not actor calls.
         self._channel = MediaChannelServer(

@@ -45,11 +45,14 @@ from services.observability import metrics
 from services.realtime import server_events as se
 from services.realtime.agent import RealtimeAgent
 from services.realtime.audio_formats import bytes_per_ms, normalize_format
+from services.realtime.history import replay_items
+from services.realtime.items import item_from_wire
 from services.realtime.playback import PlaybackTracker
-from services.realtime.session import RealtimeSession
+from services.realtime.session import REPLAY_ITEMS, RealtimeSession
 from services.realtime.tools import FunctionTool, ToolCall, ToolResult, ToolRunner
 from services.realtime.transports.base import TransportAudio
 from services.realtime.transports.websocket import OpenAIRealtimeWebSocket, WebSocketFactory
+from services.runtime.conversations import ConversationStore, Items, MemoryConversations
 from services.runtime.events import EventSink
 
 logger = logging.getLogger(__name__)
@@ -119,6 +122,8 @@ class CallSession(CallControl):
         append_ms: int = 20,
         create_websocket: WebSocketFactory | None = None,
         rng: random.Random | None = None,
+        conversations: ConversationStore | None = None,
+        save_record: Callable[[str, int, Items], None] | None = None,
     ) -> None:
         self.call_id = spec.call_id
         self.spec = spec
@@ -157,15 +162,26 @@ class CallSession(CallControl):
         self._timers: Timers = timers or self._loop
         self._rng = rng or random.Random()
         self._reconnecting: asyncio.Future[None] | None = None
+        # The call's conversation record (services/runtime/conversations.py): this session's
+        # epoch fences its saves against a newer session of the same call elsewhere.
+        self._conversations = conversations or MemoryConversations()
+        self._save_record = save_record
+        self._epoch = 0
         self._wire()
 
     # ----- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect the model and greet. Raises if the model cannot be reached."""
+        """Connect the model and greet (or, for a call moved here, replay its conversation and
+        say the line dropped). Raises if the model cannot be reached."""
         begin = self._clock()
+        self._epoch = await self._conversations.claim(self.call_id)
+        record = await self._conversations.load(self.call_id) if self.spec.resumed else []
         await self.session.connect(api_key=self._model.api_key.value or None, url=self._model_url)
         metrics.model_connected(self._clock() - begin)
+        if record:
+            items = [item for item in (item_from_wire(i) for i in record) if item is not None]
+            self.transport.reset_history([], items)
         if self.spec.resumed:
             self.session.transport.request_response({"instructions": RESUME_INSTRUCTIONS})
         elif self.spec.greet:
@@ -221,13 +237,13 @@ class CallSession(CallControl):
             if self.session.current_agent.dtmf_to_model and self._reconnecting is None:
                 self.session.send_message(f"The caller pressed the key {message.digit}.")
         elif isinstance(message, CallerHungUp):
-            self._end_soon(message.reason)
+            self.end_soon(message.reason)
 
     def fail(self) -> None:
         """An input could not be handled (a bug, or a model socket gone mid-write): end this
         call only."""
         logger.exception("call session failed")
-        self._end_soon("session_error")
+        self.end_soon("session_error")
 
     # ----- CallControl (used by in-process tools) -------------------------------------------
 
@@ -250,7 +266,7 @@ class CallSession(CallControl):
             return
         self._out(command)
         reason = command.reason if isinstance(command, Hangup) else "transferred"
-        self._end_soon(reason)
+        self.end_soon(reason)
 
     # ----- model events → commands and call events ------------------------------------------
 
@@ -301,6 +317,13 @@ class CallSession(CallControl):
 
     def _on_user_transcript(self, event: se.InputAudioTranscriptionCompleted) -> None:
         self._events.emit("transcript", self.call_id, role="user", text=event.transcript)
+        self._save()
+
+    def _save(self) -> None:
+        """Save the conversation as another host would replay it (at each completed turn)."""
+        if self._save_record is not None and self.ended is None:
+            items = replay_items(self.session.history, REPLAY_ITEMS)
+            self._save_record(self.call_id, self._epoch, [i.to_wire() for i in items])
 
     def _on_tool_start(self, _agent: RealtimeAgent, tool: FunctionTool, call: ToolCall) -> None:
         self._events.emit("tool.called", self.call_id, tool=tool.name, tool_call_id=call.call_id)
@@ -308,6 +331,7 @@ class CallSession(CallControl):
     def _on_tool_end(
         self, _agent: RealtimeAgent, tool: FunctionTool, result: ToolResult, call: ToolCall
     ) -> None:
+        self._save()
         self._events.emit(
             "tool.returned",
             self.call_id,
@@ -317,6 +341,7 @@ class CallSession(CallControl):
         )
 
     def _on_agent_end(self, _agent: RealtimeAgent, _text: str) -> None:
+        self._save()
         if self._pending_control is not None:
             if self._control_timer is not None:
                 self._control_timer.cancel()
@@ -370,8 +395,8 @@ class CallSession(CallControl):
         if self.ended is None:
             metrics.model_reconnect_gave_up()
             logger.warning("model unreachable for %.1f s; ending the call", self._model.reconnect_s)
-            self._end_soon("model_unavailable")
+            self.end_soon("model_unavailable")
 
-    def _end_soon(self, reason: str) -> None:
+    def end_soon(self, reason: str) -> None:
         if self._ending is None:
             self._ending = asyncio.ensure_future(self.end(reason))

@@ -23,6 +23,11 @@ from services.media.vocabulary import CallSpec, Command
 from services.observability import metrics
 from services.realtime.tools import ToolRunner
 from services.runtime.call_session import CallSession
+from services.runtime.conversations import (
+    ConversationStore,
+    ConversationWriter,
+    MemoryConversations,
+)
 from services.runtime.events import EventSink
 
 logger = logging.getLogger(__name__)
@@ -52,8 +57,12 @@ class CallHost:
         setup_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         append_ms: int = 20,
+        conversations: ConversationStore | None = None,
     ) -> None:
         self.host_id = host_id
+        # Each call's conversation, saved at each turn so another host can resume the call.
+        self._conversations = conversations or MemoryConversations()
+        self._records = ConversationWriter(self._conversations, on_superseded=self._moved_away)
         self._append_ms = append_ms
         self.capacity = capacity
         self._model = model
@@ -94,6 +103,8 @@ class CallHost:
             on_end=self._ended,
             clock=self._clock,
             append_ms=self._append_ms,
+            conversations=self._conversations,
+            save_record=self._records.save,
         )
         self.calls[spec.call_id] = call
         try:
@@ -119,6 +130,13 @@ class CallHost:
             if self._on_call_end is not None:
                 self._on_call_end(call.call_id, reason)
 
+    def _moved_away(self, call_id: str) -> None:
+        """A newer session owns the call (its host was taken for lost, it was not): end ours."""
+        call = self.calls.get(call_id)
+        if call is not None:
+            logger.warning("call moved to another host; ending it here")
+            call.end_soon("moved")
+
     async def close_call(self, call_id: str, reason: str = "closed") -> bool:
         call = self.calls.get(call_id)
         if call is None:
@@ -130,6 +148,7 @@ class CallHost:
         await asyncio.gather(
             *(c.end(reason) for c in list(self.calls.values())), return_exceptions=True
         )
+        await self._records.close()
 
     # ----- media and control in ------------------------------------------------------------------
 

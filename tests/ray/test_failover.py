@@ -1,6 +1,7 @@
 """A session host dies under live calls (SIGKILL): the ingress notices its media channel is gone,
-the router places each call on the other host, a new session resumes it, and the callers hear a
-gap, not a hang-up. Real Ray, Redis, sockets, Twilio callers and the local model."""
+the router places each call on the other host, a new session resumes it from the call's record
+in Redis, and the callers hear a gap, not a hang-up. Real Ray, Redis, sockets, Twilio callers
+and the local model."""
 
 from __future__ import annotations
 
@@ -108,6 +109,7 @@ async def test_calls_on_a_killed_host_move_and_go_on(system: System) -> None:
         and e.get("response", {}).get("instructions") == RESUME_INSTRUCTIONS
     )
 
+    seen = len(system.wire.client_log)
     killed_at = time.monotonic()
     os.kill(cluster.host_pids[victim], signal.SIGKILL)
     back_at: dict[str, float] = {}
@@ -135,6 +137,14 @@ async def test_calls_on_a_killed_host_move_and_go_on(system: System) -> None:
         if e["type"] == "response.create"
         and e.get("response", {}).get("instructions") == RESUME_INSTRUCTIONS
     ) == resumes + len(moving)
+    # ... after replaying the conversation so far (here, its greeting) from the call's record.
+    replayed = [
+        e["item"] for e in system.wire.client_log[seen:] if e["type"] == "conversation.item.create"
+    ]
+    assert len(replayed) == len(moving), replayed
+    assert all(
+        i["role"] == "assistant" and "Acme support" in i["content"][0]["text"] for i in replayed
+    )
     async with aiohttp.ClientSession() as http, http.get(f"{system.base_url}/metrics") as r:
         samples = parse_samples(await r.text())
     assert samples.get("callray_calls_moved_total", 0) >= len(moving)
