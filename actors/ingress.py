@@ -12,6 +12,7 @@ from actors import _ray
 from services.config import GatewaySettings, MediaSettings
 from services.gateway.app import Gateway
 from services.gateway.token_ledger import RedisTokenLedger
+from services.observability import logs
 from services.telephony.stream_tokens import StreamTokens
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ class IngressActor:
         redis_url: str | None = None,
         media: MediaSettings | None = None,
     ) -> None:
-        logging.basicConfig(level=logging.INFO)
+        logs.configure_from_env()  # this actor's process: its entry point
         secret = settings.stream_secret.value.encode() or secrets.token_bytes(32)
         # Ingresses share the secret, so a token replayed to a sibling verifies there; the ledger
         # in the cluster's Redis makes it single-use across all of them.

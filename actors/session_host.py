@@ -15,6 +15,7 @@ from services.agents.registry import load_agents
 from services.config import MediaSettings, ModelSettings
 from services.media.channel_server import MediaChannelServer
 from services.media.vocabulary import CallSpec
+from services.observability import logs
 from services.redis_client import connect as connect_redis
 from services.runtime.events import BufferedEventSink
 from services.runtime.host import CallHost
@@ -40,7 +41,7 @@ class SessionHostActor:
         media: MediaSettings | None = None,
     ) -> None:
         media = media or MediaSettings()
-        logging.basicConfig(level=logging.INFO)
+        logs.configure_from_env()  # this actor's process: its entry point
         self.host_id = host_id
         self._capacity = capacity
         self._redis = connect_redis(redis_url)

@@ -8,6 +8,7 @@ import logging
 
 from actors import _ray
 from services.agents.registry import load_agents
+from services.observability import logs
 from services.redis_client import connect as connect_redis
 from services.toolbus.executor import ToolExecutor
 
@@ -18,7 +19,7 @@ class ToolExecutorActor:
     def __init__(
         self, consumer: str, *, redis_url: str, agent_spec: str | None, concurrency: int = 64
     ) -> None:
-        logging.basicConfig(level=logging.INFO)
+        logs.configure_from_env()  # this actor's process: its entry point
         self._redis = connect_redis(redis_url)
         self._executor = ToolExecutor(
             self._redis,

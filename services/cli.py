@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from services import __doc__ as package_doc
 from services import aio
 from services.config import load_settings
 from services.errors import CallrayError, ConfigError
+from services.observability import logs
 
 
 def _model_command(args: argparse.Namespace) -> int:
@@ -135,10 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.log_level, os.environ.get(logs.FORMAT_ENV, "text").strip().lower())
     try:
         code: int = args.run(args)
     except CallrayError as exc:

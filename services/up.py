@@ -96,6 +96,9 @@ def run_up(settings: Settings) -> int:
             address=rt.ray_address,
             env_vars={
                 "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+                # Every actor logs in the driver's format (services/observability/logs.py).
+                "CALLRAY_LOG_FORMAT": os.environ.get("CALLRAY_LOG_FORMAT", "text"),
+                "CALLRAY_LOG_LEVEL": logging.getLevelName(logging.getLogger().level),
                 "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", ""),
             },
         )

@@ -234,7 +234,9 @@ class IngressCore:
         try:
             result = await self._router.move_call(spec, host_id)
         except Exception as exc:  # the router itself unreachable
-            logger.error("could not move call off lost host %s: %s", host_id, exc)
+            logger.error(
+                "could not move call off lost host %s: %s", host_id, exc, extra={"call_id": call_id}
+            )
             result = Rejected("router_unreachable")
         if self.calls.get(call_id) is not call or call.ended:
             # The caller hung up meanwhile: end what the move opened.

@@ -41,7 +41,7 @@ from services.media.vocabulary import (
     Played,
     Transfer,
 )
-from services.observability import metrics
+from services.observability import logs, metrics
 from services.realtime import server_events as se
 from services.realtime.agent import RealtimeAgent
 from services.realtime.audio_formats import bytes_per_ms, normalize_format
@@ -126,6 +126,7 @@ class CallSession(CallControl):
         save_record: Callable[[str, int, Items], None] | None = None,
     ) -> None:
         self.call_id = spec.call_id
+        self._log = logs.for_call(logger, spec.call_id)
         self.spec = spec
         self._model = model
         self._model_url = model_url
@@ -203,7 +204,7 @@ class CallSession(CallControl):
         try:
             await self.session.close()
         except Exception:
-            logger.warning("closing the model session of a call failed", exc_info=True)
+            self._log.warning("closing the model session of a call failed", exc_info=True)
         self._out(CallEnded(self.call_id, reason))
         duration = round(self._clock() - self._started_at, 3)
         self._events.emit("call.ended", self.call_id, reason=reason, duration_s=duration)
@@ -242,7 +243,7 @@ class CallSession(CallControl):
     def fail(self) -> None:
         """An input could not be handled (a bug, or a model socket gone mid-write): end this
         call only."""
-        logger.exception("call session failed")
+        self._log.exception("call session failed")
         self.end_soon("session_error")
 
     # ----- CallControl (used by in-process tools) -------------------------------------------
@@ -378,7 +379,7 @@ class CallSession(CallControl):
                             api_key=self._model.api_key.value or None, url=self._model_url
                         )
                 except Exception as exc:
-                    logger.info("model reconnect attempt %d failed: %s", attempt, exc)
+                    self._log.info("model reconnect attempt %d failed: %s", attempt, exc)
                     continue
                 gap = self._clock() - lost_at
                 metrics.model_reconnected(gap)
@@ -394,7 +395,7 @@ class CallSession(CallControl):
             self._reconnecting = None
         if self.ended is None:
             metrics.model_reconnect_gave_up()
-            logger.warning("model unreachable for %.1f s; ending the call", self._model.reconnect_s)
+            self._log.warning("model away for %.1f s; ending the call", self._model.reconnect_s)
             self.end_soon("model_unavailable")
 
     def end_soon(self, reason: str) -> None:

@@ -134,7 +134,7 @@ class CallHost:
         """A newer session owns the call (its host was taken for lost, it was not): end ours."""
         call = self.calls.get(call_id)
         if call is not None:
-            logger.warning("call moved to another host; ending it here")
+            logger.warning("call moved to another host; ending it here", extra={"call_id": call_id})
             call.end_soon("moved")
 
     async def close_call(self, call_id: str, reason: str = "closed") -> bool:

@@ -15,13 +15,14 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import logging
+import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
 
 from services.agents.registry import load_object
 from services.errors import ConfigError
+from services.observability import logs
 from services.realtime.tools import FunctionTool
 from services.redis_client import connect as connect_redis
 from services.toolbus.executor import ToolExecutor
@@ -76,11 +77,7 @@ async def _serve(args: argparse.Namespace, tools: dict[str, FunctionTool]) -> To
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.log_level, os.environ.get(logs.FORMAT_ENV, "text").strip().lower())
     try:
         tools = load_tools(args.tools)
     except ConfigError as exc:
