@@ -78,6 +78,23 @@ class Cluster:
         self.hosts[host_id] = handle
         return handle
 
+    def drain_ingresses(self) -> int:
+        """No new calls anywhere (readiness fails, webhooks answer busy); returns how many
+        calls are still in progress on the ingresses."""
+        refs = [_ray.submit(i, "drain") for i in self.ingresses]
+        return sum(_ray.wait_all(refs, timeout=10.0))
+
+    def say_goodbye_all(self, reason: str) -> int:
+        """Every call on every host ends with a spoken goodbye; returns how many were told."""
+        refs = [_ray.submit(h, "say_goodbye_all", reason) for h in self.hosts.values()]
+        told = 0
+        for ref in refs:
+            try:
+                told += int(_ray.wait_all([ref], timeout=10.0)[0])
+            except Exception:
+                logger.warning("a session host did not take the goodbye", exc_info=True)
+        return told
+
     def stop(self) -> None:
         """Stop executors and hosts (ending their calls), then the router; kill what remains."""
         refs = [_ray.submit(i, "stop") for i in self.ingresses]

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from actors import _ray
 from services.config import GatewaySettings, MediaSettings
+from services.errors import ActorGone
 from services.gateway.app import Gateway
 from services.gateway.token_ledger import RedisTokenLedger
 from services.observability import logs
@@ -32,14 +33,16 @@ class IngressActor:
         # Ingresses share the secret, so a token replayed to a sibling verifies there; the ledger
         # in the cluster's Redis makes it single-use across all of them.
         self._ledger = RedisTokenLedger(redis_url) if redis_url else None
+        self._router = _ray.get_router()
         self.gateway = Gateway(
             ingress_id=ingress_id,
             settings=settings,
-            router=_ray.RouterClient(_ray.get_router()),
+            router=_ray.RouterClient(self._router),
             locate_channel=lambda handle: lambda: _ray.call(handle, "channel"),
             tokens=StreamTokens(secret, settings.stream_token_ttl_s),
             ledger=self._ledger,
             media=media,
+            ready_checks=[self._router_has_room],
         )
         self._settings = settings
         self._runner: web.AppRunner | None = None
@@ -54,6 +57,22 @@ class IngressActor:
         self.port = int(self._runner.addresses[0][1])
         logger.info("gateway listening on %s:%d", self._settings.host, self.port)
         return self.port
+
+    async def _router_has_room(self) -> str | None:
+        """Readiness: the router answers within a second and the cluster has a free seat."""
+        try:
+            status = await _ray.call(self._router, "status", limit_s=1.0)
+        except ActorGone:
+            return "router unreachable"
+        if status["calls"] >= status["cluster_capacity"]:
+            return "cluster at capacity"
+        return None
+
+    def drain(self) -> int:
+        """The node is stopping: no new calls (readiness fails, webhooks answer busy); the calls
+        in progress go on. Returns how many there are."""
+        self.gateway.drain()
+        return len(self.gateway.core.calls)
 
     def ping(self) -> int:
         return self.port

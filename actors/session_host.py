@@ -91,6 +91,10 @@ class SessionHostActor:
     async def open_call(self, spec: CallSpec) -> float:
         return await self.host.open_call(spec)
 
+    def say_goodbye_all(self, reason: str) -> int:
+        """The node is stopping: every call here ends with a spoken goodbye."""
+        return self.host.say_goodbye_all(reason)
+
     async def close_call(self, call_id: str, reason: str) -> bool:
         """End a call here (the router moved it to another host)."""
         return await self.host.close_call(call_id, reason)

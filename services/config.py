@@ -117,6 +117,9 @@ class RuntimeSettings:
     data_dir: str = ".callray"
     health_interval_s: float = 1.0
     media: MediaSettings = field(default_factory=MediaSettings)
+    # On SIGTERM calls in progress may finish for this long; then each ends with a spoken
+    # goodbye (services/up.py).
+    drain_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,7 @@ def load_runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
         metrics_port=_int(env, "CALLRAY_METRICS_PORT", d.metrics_port),
         data_dir=env.get("CALLRAY_DATA_DIR", "").strip() or d.data_dir,
         media=load_media_settings(env),
+        drain_timeout_s=_float(env, "CALLRAY_DRAIN_TIMEOUT_S", d.drain_timeout_s),
     )
 
 
@@ -280,7 +284,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         model=load_model_settings(source),
         local_model=LocalModelSettings(
-            mode=_choice(source, "CALLRAY_MODEL_MODE", "scripted", ("scripted", "echo"))
+            mode=_choice(source, "CALLRAY_MODEL_MODE", "scripted", ("scripted", "echo")),
+            drop_after_events=_int(source, "CALLRAY_MODEL_DROP_AFTER", 0),
         ),
         runtime=load_runtime_settings(source),
         gateway=load_gateway_settings(source),

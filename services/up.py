@@ -3,8 +3,11 @@
 Starts, in order: a metrics directory for this node, Redis (an embedded ``redis-server`` unless
 ``REDIS_URL`` is set), the model (our local server in a child process unless ``OPENAI_API_KEY`` or
 ``CALLRAY_MODEL_URL`` is set), Ray (local unless ``RAY_ADDRESS`` is set), the router, session hosts
-and tool executors, and the node's metrics endpoint. Ctrl-C or SIGTERM stops everything it
-started, in reverse order, leaving no process behind.
+and tool executors, and the node's metrics endpoint. Ctrl-C or SIGTERM drains first: no new
+calls (the ingress's ``/readyz`` fails, Twilio's webhook answers busy), the calls in progress
+have ``CALLRAY_DRAIN_TIMEOUT_S`` to finish, then each still up ends with a spoken goodbye (never
+silence); then everything it started stops, in reverse order, leaving no process behind. A
+second signal skips what is left of the drain.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -24,18 +28,53 @@ from services.redis_client import without_password
 logger = logging.getLogger(__name__)
 
 
-def _wait_for_stop() -> str:
-    stop = threading.Event()
-    received: list[str] = []
+class _Signals:
+    """SIGINT and SIGTERM, counted: the first drains, a second stops at once."""
 
-    def handler(signum: int, _frame: Any) -> None:
-        received.append(signal.Signals(signum).name)
-        stop.set()
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self._event = threading.Event()
+        signal.signal(signal.SIGINT, self._handler)
+        signal.signal(signal.SIGTERM, self._handler)
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    stop.wait()
-    return received[0]
+    def _handler(self, signum: int, _frame: Any) -> None:
+        self.received.append(signal.Signals(signum).name)
+        self._event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until a signal not yet waited for arrives (True), or ``timeout`` (False)."""
+        got = self._event.wait(timeout)
+        self._event.clear()
+        return got
+
+
+def _drain(cluster: Any, signals: _Signals, timeout_s: float) -> None:
+    """Let the calls in progress finish for up to ``timeout_s``, then end each with a spoken
+    goodbye; a second signal cuts either wait short."""
+    # Imported here: prometheus_client must not load before run_up sets the metrics directory.
+    from services.runtime.call_session import GOODBYE_GRACE_S
+
+    calls = cluster.drain_ingresses()
+    print(
+        f"callray: draining: {calls} calls in progress, no new calls; up to {timeout_s:g} s "
+        "(send the signal again to stop at once)",
+        flush=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    while cluster.status()["calls"] > 0:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            told = cluster.say_goodbye_all("shutdown")
+            print(f"callray: drain timeout: {told} calls end with a goodbye", flush=True)
+            end = time.monotonic() + GOODBYE_GRACE_S + 2.0
+            while cluster.status()["calls"] > 0 and time.monotonic() < end:
+                if signals.wait(0.2):
+                    print("callray: second signal: stopping now", flush=True)
+                    return
+            return
+        if signals.wait(min(0.2, left)):
+            print("callray: second signal: stopping now", flush=True)
+            return
 
 
 def run_up(settings: Settings) -> int:
@@ -77,7 +116,9 @@ def run_up(settings: Settings) -> int:
         model = settings.model
         if model.url is None:
             local = ModelProcess(
-                mode=settings.local_model.mode, log=data_dir / "logs" / "model.log"
+                mode=settings.local_model.mode,
+                log=data_dir / "logs" / "model.log",
+                drop_after_events=settings.local_model.drop_after_events,
             )
             model_url = local.start()
             stack.callback(local.stop)
@@ -122,8 +163,10 @@ def run_up(settings: Settings) -> int:
         lines.append(f"metrics   http://127.0.0.1:{server.port}/metrics")
         lines.append("events    callray events tail   (stream callray:call-events)")
 
+        signals = _Signals()  # after ray.init, which installs handlers of its own
         print("callray is up\n  " + "\n  ".join(lines) + "\n  Ctrl-C stops everything.", flush=True)
-        why = _wait_for_stop()
-        print(f"callray: {why} received, stopping", flush=True)
+        signals.wait()
+        print(f"callray: {signals.received[0]} received, stopping", flush=True)
+        _drain(cluster, signals, rt.drain_timeout_s)
     print("callray: stopped", flush=True)
     return 0

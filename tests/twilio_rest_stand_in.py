@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -12,6 +14,7 @@ class TwilioRestStandIn:
 
     def __init__(self) -> None:
         self.updates: list[tuple[str, dict[str, str]]] = []
+        self.delay_s = 0.0  # how long Twilio takes to apply an update (a slow API)
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{account}/Calls/{sid}.json", self._update)
         self._server = TestServer(app, host="127.0.0.1")
@@ -27,5 +30,7 @@ class TwilioRestStandIn:
         await self._server.close()
 
     async def _update(self, request: web.Request) -> web.Response:
-        self.updates.append((request.path, {k: str(v) for k, v in (await request.post()).items()}))
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        await asyncio.sleep(self.delay_s)
+        self.updates.append((request.path, form))
         return web.json_response({"sid": request.match_info["sid"], "status": "in-progress"})

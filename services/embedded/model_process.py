@@ -20,10 +20,19 @@ _URL = re.compile(rb"(ws://[0-9.]+:\d+/v1/realtime)")
 
 
 class ModelProcess:
-    def __init__(self, *, mode: str = "scripted", scenario: str | None = None, log: Path) -> None:
+    def __init__(
+        self,
+        *,
+        mode: str = "scripted",
+        scenario: str | None = None,
+        log: Path,
+        drop_after_events: int = 0,
+    ) -> None:
         self._args = [sys.executable, "-m", "services.cli", "model", "--port", "0", "--mode", mode]
         if scenario:
             self._args += ["--scenario", scenario]
+        if drop_after_events:
+            self._args += ["--drop-after", str(drop_after_events)]  # a fault, for fault runs
         self._log_path = log
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None

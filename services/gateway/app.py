@@ -1,13 +1,18 @@
 """The gateway: every ingress adapter's routes, health and metrics, on one aiohttp app and port.
 
 The provider-neutral part of an ingress is :class:`~services.gateway.ingress_core.IngressCore`;
-each provider is one adapter on it (:mod:`.twilio_ingress` today). ``GET /healthz`` and
-``GET /metrics`` serve the node.
+each provider is one adapter on it (:mod:`.twilio_ingress` today). ``GET /metrics`` serves the
+node; ``GET /healthz`` is liveness (the process answers: 200 while it runs); ``GET /readyz`` is
+readiness, for a load balancer deciding where new calls go: 200 only when the gateway is not
+draining and every check given to it passes (the actor adds: the router answers and the cluster
+has room), 503 with the reasons otherwise. Once :meth:`Gateway.drain` is called (the node is
+stopping) new calls are turned away (Twilio's webhook answers busy TwiML) and calls in progress
+go on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -32,9 +37,13 @@ class Gateway:
         tokens: StreamTokens,
         ledger: TokenLedger | None = None,
         media: MediaSettings | None = None,
+        ready_checks: list[Callable[[], Awaitable[str | None]]] | None = None,
     ) -> None:
         self.ingress_id = ingress_id
         self.settings = settings
+        self.draining = False
+        # Each returns why the node cannot take new calls now, or None.
+        self._ready_checks = ready_checks or []
         # Without the cluster's Redis (one gateway, tests) the same rules hold in memory.
         ledger = ledger or LocalTokenLedger()
         self.core = IngressCore(
@@ -44,12 +53,15 @@ class Gateway:
             ledger=ledger,
             media=media,
         )
-        self.twilio = TwilioIngress(self.core, settings, tokens, ledger, media=media)
+        self.twilio = TwilioIngress(
+            self.core, settings, tokens, ledger, media=media, draining=lambda: self.draining
+        )
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
         self.twilio.routes(app)
         app.router.add_get("/healthz", self.health)
+        app.router.add_get("/readyz", self.ready)
         app.router.add_get("/metrics", self.metrics)
         app.on_cleanup.append(self._cleanup)
         return app
@@ -60,6 +72,22 @@ class Gateway:
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "calls": len(self.core.calls)})
+
+    def drain(self) -> None:
+        """Take no new calls from now on (readiness fails at once); calls in progress go on."""
+        self.draining = True
+
+    async def ready(self, _request: web.Request) -> web.Response:
+        reasons = ["draining"] if self.draining else []
+        for check in self._ready_checks:
+            try:
+                reason = await check()
+            except Exception as exc:
+                reason = f"check failed: {type(exc).__name__}"
+            if reason:
+                reasons.append(reason)
+        body = {"ready": not reasons, "reasons": reasons, "calls": len(self.core.calls)}
+        return web.json_response(body, status=503 if reasons else 200)
 
     async def metrics(self, _request: web.Request) -> web.Response:
         body, content_type = metrics.render()

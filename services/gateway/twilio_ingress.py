@@ -67,9 +67,11 @@ from services.telephony.twilio_signature import (
     is_valid_twilio_signature,
     public_request_url,
 )
-from services.telephony.twiml import connect_stream_twiml
+from services.telephony.twiml import busy_twiml, connect_stream_twiml
 
 logger = logging.getLogger(__name__)
+
+DRAINING_MESSAGE = "Sorry, we cannot take your call right now. Please call again in a minute."
 
 
 def busy_tone(seconds: float = 1.5) -> bytes:
@@ -107,6 +109,7 @@ class TwilioLeg:
         self.close_code = 1000
         self.reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._control_pending = False
         self.source = ""  # the peer's address, for the front door's log limits
         self.ticket: Ticket | None = None  # counted as unauthenticated until its call opens
 
@@ -135,11 +138,16 @@ class TwilioLeg:
             else:
                 self.end(command.reason)
             return
+        # Until Twilio has the update the stream stays open: with <Connect><Stream>, closing it
+        # ends the call, so a transfer that lost that race would be a hang-up.
+        self._control_pending = True
         task = asyncio.create_task(self._rest(command))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def end(self, reason: str) -> None:
+        if self._control_pending:
+            return  # the call-control request in flight closes the stream when it is done
         if self.close_reason is None:
             self.close_reason = reason
         self._closing = True
@@ -160,6 +168,7 @@ class TwilioLeg:
         except ProviderError as exc:
             logger.error("Twilio call control failed: %s", exc)
             reason = "call_control_failed"
+        self._control_pending = False
         self.end(reason)
 
     def _queue(self, frames: list[str | bytes]) -> None:
@@ -203,6 +212,7 @@ class TwilioIngress:
         *,
         media: MediaSettings | None = None,
         serializer: Callable[[], MediaStreamSerializer] = TwilioSerializer,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self._core = core
         self.settings = settings
@@ -214,6 +224,7 @@ class TwilioIngress:
         self._log = LogLimiter(logger)
         self._media = media or MediaSettings()
         self._serializer = serializer
+        self._draining = draining
         self._control: TwilioCallControl | None = None
         if settings.twilio_account_sid and settings.twilio_auth_token:
             self._control = TwilioCallControl(
@@ -263,6 +274,9 @@ class TwilioIngress:
         call_sid = form.get("CallSid", "")
         if not call_sid:
             return web.Response(status=400, text="CallSid is required")
+        if self._draining():
+            # The node is stopping: turn the call away politely (Twilio plays it, then hangs up).
+            return web.Response(text=busy_twiml(DRAINING_MESSAGE), content_type="text/xml")
         if self.settings.public_url:
             stream_url = public_request_url(
                 self.settings.public_url, "/twilio/media", websocket=True

@@ -94,6 +94,18 @@ class EchoLedger:
         """Frames never echoed in gaps during which a clear arrived."""
         return sum(end - start for start, end in self._gaps() if self._interrupted(start, end))
 
+    def longest_gap_ms(self) -> float:
+        """The longest silence a loss caused: from the sending of the last frame echoed before
+        a gap that no clear explains to the arrival of the first echo after it (0 if none; a
+        gap still open at the end of the call is not counted: its frames may be in flight).
+        Around a fault (a host or model lost) this is the gap the caller heard."""
+        longest = 0.0
+        for start, end in self._gaps():
+            if start == 0 or end >= self.sent or self._interrupted(start, end):
+                continue
+            longest = max(longest, self._received_at[end] - self._sent_at[start - 1])
+        return longest * 1000
+
     def _gaps(self) -> list[tuple[int, int]]:
         """Maximal runs ``[start, end)`` of frames not echoed."""
         missing = np.isnan(np.frombuffer(self._received_at, dtype=np.float64)).astype(np.int8)

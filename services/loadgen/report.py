@@ -51,6 +51,7 @@ class CallResult:
     clears_received: int = 0
     echoed: int = 0
     lost: int = 0
+    longest_gap_ms: float = 0.0  # the longest silence a loss caused (EchoLedger.longest_gap_ms)
     flushed: int = 0
     reordered: int = 0
     duplicates: int = 0
@@ -102,6 +103,7 @@ class CallResult:
             clears_received=stats.clears_received,
             echoed=0 if echo is None else echo.echoed,
             lost=0 if echo is None else echo.lost(),
+            longest_gap_ms=0.0 if echo is None else echo.longest_gap_ms(),
             flushed=0 if echo is None else echo.flushed(),
             reordered=0 if echo is None else echo.reordered,
             duplicates=0 if echo is None else echo.duplicates,

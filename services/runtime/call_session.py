@@ -66,6 +66,13 @@ PLAYBACK_CUT_WAIT_S = 0.5
 # A dropped model connection is retried at once (within 250 ms, jittered so that the calls of
 # a model server that restarted do not all come back in the same millisecond), then with a
 # doubling back-off of at most 2 s, until ModelSettings.reconnect_s has passed.
+# A call still up when its node must stop (the drain deadline passed) is not cut off in
+# silence: the agent says goodbye, and the call ends when that is said (or after this long).
+GOODBYE_INSTRUCTIONS = (
+    "We have to end this call now for maintenance. Apologize in one short sentence, say the "
+    "caller can call back, and say goodbye."
+)
+GOODBYE_GRACE_S = 8.0
 # A call moved off a lost host starts on a new model session; the agent first says so.
 RESUME_INSTRUCTIONS = (
     "The line dropped for a moment and the caller is still there. Say in one short sentence "
@@ -154,6 +161,7 @@ class CallSession(CallControl):
             playback=self.tracker,
         )
         self._pending_control: Command | None = None
+        self._goodbye: Hangup | None = None
         self._control_timer: Cancellable | None = None
         self._started_at = clock()
         self.ended: str | None = None
@@ -259,7 +267,41 @@ class CallSession(CallControl):
     def _after_response(self, command: Hangup | Transfer) -> None:
         # The tool's result makes the model say goodbye first; act when that response is done.
         self._pending_control = command
+        if self._control_timer is not None:
+            self._control_timer.cancel()
         self._control_timer = self._timers.call_later(CONTROL_GRACE_S, self._do_control)
+
+    def say_goodbye(self, reason: str) -> None:
+        """End the call with a spoken goodbye (the node is stopping): the agent says it, then
+        the call is hung up with ``reason``, within ``GOODBYE_GRACE_S`` at most."""
+        if self.ended is not None or self._ending is not None:
+            return
+        hangup = Hangup(self.call_id, reason)
+        if self._reconnecting is not None:
+            self._goodbye_said(hangup)  # no model to say it
+            return
+        # Whatever the agent is saying gives way; the goodbye is the response marked as ours
+        # (metadata comes back on response.done), so the end of another one does not count.
+        self.transport.cancel_response()
+        self.transport.request_response(
+            {"instructions": GOODBYE_INSTRUCTIONS, "metadata": {"callray": "goodbye"}}
+        )
+        self._goodbye = hangup
+        if self._control_timer is not None:
+            self._control_timer.cancel()
+        self._control_timer = self._timers.call_later(GOODBYE_GRACE_S, self._goodbye_said, hangup)
+
+    def _on_turn_done(self, response: dict[str, Any]) -> None:
+        metadata = response.get("metadata") or {}
+        if self._goodbye is not None and metadata.get("callray") == "goodbye":
+            self._goodbye_said(self._goodbye)
+
+    def _goodbye_said(self, hangup: Hangup) -> None:
+        if self.ended is not None or self._ending is not None:
+            return
+        self._goodbye = None
+        self._out(hangup)
+        self.end_soon(hangup.reason)
 
     def _do_control(self) -> None:
         command, self._pending_control = self._pending_control, None
@@ -283,6 +325,7 @@ class CallSession(CallControl):
         t.on("conversation.item.input_audio_transcription.completed", self._on_user_transcript)
         t.on("connection_change", self._on_connection)
         t.on("audio_done", self._on_audio_done)
+        t.on("turn_done", self._on_turn_done)
 
     def _on_audio(self, audio: TransportAudio) -> None:
         metrics.media_frames("out", 1)

@@ -144,6 +144,14 @@ class CallHost:
         await call.end(reason)
         return True
 
+    def say_goodbye_all(self, reason: str) -> int:
+        """Every call here ends with a spoken goodbye (``CallSession.say_goodbye``); returns how
+        many calls were told."""
+        calls = list(self.calls.values())
+        for call in calls:
+            call.say_goodbye(reason)
+        return len(calls)
+
     async def close_all(self, reason: str) -> None:
         await asyncio.gather(
             *(c.end(reason) for c in list(self.calls.values())), return_exceptions=True

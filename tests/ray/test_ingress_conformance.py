@@ -92,6 +92,7 @@ class System:
     wire: WireValidator
     redis_url: str
     rest_calls: list[tuple[str, dict[str, str]]]
+    rest: TwilioRestStandIn
 
     def events(self, call_id: str) -> list[dict[str, str]]:
         r = redis.Redis.from_url(self.redis_url)
@@ -137,7 +138,9 @@ async def system(ray_session: None, redis_url: str) -> AsyncIterator[System]:
     )
     port = await asyncio.to_thread(cluster.add_ingress, "ingress-c", gateway)
     try:
-        yield System(cluster, f"http://127.0.0.1:{port}", model, wire, redis_url, rest.updates)
+        yield System(
+            cluster, f"http://127.0.0.1:{port}", model, wire, redis_url, rest.updates, rest
+        )
     finally:
         await asyncio.to_thread(cluster.stop)
         await model.stop()
@@ -250,11 +253,15 @@ async def test_the_hang_up_tool_ends_the_call_after_goodbye(system: System, dial
 
 async def test_the_transfer_tool_transfers_through_the_provider(system: System, dial: Any) -> None:
     system.model.use_scenario(parse_scenario(TRANSFER))
+    # Twilio takes a moment to apply the transfer: the media stream must stay open until it
+    # has (closing a <Connect><Stream> ends the call, and the transfer would be a hang-up).
+    system.rest.delay_s = 0.5
     try:
         caller = await dial()
         await until(lambda: caller.closed_reason is not None, "the transfer")
     finally:
         system.model.use_scenario(parse_scenario(CONVERSATION))
+        system.rest.delay_s = 0.0
     assert caller.closed_reason == "transferred"
     (twiml,) = [f["Twiml"] for p, f in system.rest_calls if caller.call_id in p and "Twiml" in f]
     assert "<Dial><Queue>billing</Queue></Dial>" in twiml

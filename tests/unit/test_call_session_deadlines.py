@@ -30,6 +30,7 @@ from services.realtime.agent import RealtimeAgent
 from services.realtime.tools import InProcessToolRunner
 from services.runtime.call_session import (
     CONTROL_GRACE_S,
+    GOODBYE_GRACE_S,
     PLAYBACK_CUT_WAIT_S,
     CallSession,
     reconnect_delay,
@@ -275,3 +276,39 @@ async def test_a_model_that_stays_away_ends_the_call_after_reconnect_s(clock: Fa
     await _run_for(clock, 0.1)
     assert call.ended == ["model_unavailable"]
     assert call.of(CallEnded) == [CallEnded("CA1", "model_unavailable")]
+
+
+def _done_with(metadata: dict[str, str] | None, response_id: str = "resp_2") -> dict[str, Any]:
+    done = response_done(response_id)
+    if metadata is not None:
+        done["response"]["metadata"] = metadata
+    return done
+
+
+async def test_a_stopping_node_has_the_agent_say_goodbye_then_hangs_up(clock: FakeClock) -> None:
+    call = Call(clock)
+    await call.session.start()
+    await call.socket.feed(response_created())  # the agent is mid-sentence
+    call.session.say_goodbye("shutdown")
+    await _settle()
+    sent = [e["type"] for e in call.socket.sent]
+    assert "response.cancel" in sent
+    await call.socket.feed(response_done(status="cancelled"))  # not the goodbye: no hang-up
+    assert call.of(Hangup) == []
+    goodbye = [e for e in call.socket.sent if e["type"] == "response.create"][-1]
+    assert goodbye["response"]["metadata"] == {"callray": "goodbye"}
+    assert "goodbye" in goodbye["response"]["instructions"]
+    await call.socket.feed(response_created("resp_2"), _done_with({"callray": "goodbye"}))
+    assert call.of(Hangup) == [Hangup("CA1", "shutdown")]
+    await _settle()
+    assert call.ended == ["shutdown"]
+
+
+async def test_a_goodbye_the_model_never_finishes_still_ends_the_call(clock: FakeClock) -> None:
+    call = Call(clock)
+    await call.session.start()
+    call.session.say_goodbye("shutdown")
+    await _run_for(clock, GOODBYE_GRACE_S - 0.1)
+    assert call.of(Hangup) == []
+    await _run_for(clock, 0.2)
+    assert call.of(Hangup) == [Hangup("CA1", "shutdown")] and call.ended == ["shutdown"]
