@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--at", type=float, default=10.0, help="host-kill: seconds into the calls")
     parser.add_argument("--drop-after", type=int, default=1000, help="model-drop: client events")
     parser.add_argument(
-        "--gap-floor-ms", type=float, default=300.0, help="shorter silences are not fault gaps"
+        "--gap-floor-ms", type=float, default=0.0, help="ignore silences up to this long"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
