@@ -91,6 +91,15 @@ class TwilioBridge:
 
     def receive(self, message: str | bytes) -> list[Action]:
         """Raises :class:`MediaStreamProtocolError` for a frame that cannot be used."""
+        try:
+            return self._receive(message)
+        except MediaStreamProtocolError:
+            raise
+        except (ValueError, TypeError, KeyError, UnicodeError, RecursionError) as exc:
+            # A parser bug must still close only this stream, with a reason and a log line.
+            raise MediaStreamProtocolError(f"unusable frame ({type(exc).__name__})") from exc
+
+    def _receive(self, message: str | bytes) -> list[Action]:
         event = self.serializer.parse(message)
         if isinstance(event, MediaReceived):
             return [ForwardMedia(event.payload)]

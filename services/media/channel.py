@@ -156,7 +156,11 @@ def accept_hello(message: bytes | str, key: str) -> tuple[str, bytes]:
     _, version, ingress_id, their_key = hello
     if version != VERSION:
         raise ChannelError(f"media channel version {version!r} is not {VERSION}")
-    if not isinstance(their_key, str) or not hmac.compare_digest(their_key, key):
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters (TypeError), and
+    # the peer chooses the characters (found by tests/unit/test_fuzz_parsers.py).
+    if not isinstance(their_key, str) or not hmac.compare_digest(
+        their_key.encode("utf-8", "surrogatepass"), key.encode()
+    ):
         raise ChannelError("wrong media channel key")
     if not isinstance(ingress_id, str):
         raise ChannelError("hello without an ingress id")

@@ -97,6 +97,10 @@ class StreamTokens:
         expired or locally replayed token never reaches a ledger."""
         now_ms = self._now_ms()
         self._forget_expired(now_ms)
+        if not token.isascii():
+            # Ours are base64url, digits and dots; anything else (a lone surrogate would not even
+            # encode for the HMAC) is not worth a check (found by tests/unit/test_fuzz_parsers.py).
+            raise StreamTokenError("stream token is malformed", reason="malformed")
         signed, _, mac = token.rpartition(".")
         parts = signed.split(".")
         if len(parts) != 4 or parts[0] != _VERSION or not parts[2].isdecimal():

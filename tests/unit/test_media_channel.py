@@ -192,3 +192,10 @@ def test_retries_back_off_then_give_up_and_a_delivery_resets_them() -> None:
     assert policy.failed(hang_up) == []  # the fifth failure: the host is taken for gone
     policy.delivered()
     assert policy.delay() == 0.0 and policy.failed(hang_up) == hang_up
+
+
+def test_a_key_with_non_ascii_characters_is_a_wrong_key_not_a_crash() -> None:
+    # Found by tests/unit/test_fuzz_parsers.py: compare_digest raised TypeError on such a str.
+    hello = msgpack.packb(["hello", channel.VERSION, "ingress-1", "clé"])
+    with pytest.raises(ChannelError, match="wrong media channel key"):
+        accept_hello(hello, "key")

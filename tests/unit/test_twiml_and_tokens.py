@@ -218,3 +218,11 @@ def test_bad_settings(secret: bytes, ttl_s: float, problem: str) -> None:
 def test_issue_needs_a_call_sid(tokens: StreamTokens) -> None:
     with pytest.raises(UserError):
         tokens.issue("")
+
+
+def test_a_token_that_is_not_ascii_is_malformed_not_a_crash(tokens: StreamTokens) -> None:
+    good = tokens.issue("CA1")
+    for bad in (good[:-2] + "\ud800x", good[:-2] + "é!"):
+        with pytest.raises(StreamTokenError) as refused:
+            tokens.redeem(bad, "CA1")
+        assert refused.value.reason == "malformed"
