@@ -15,7 +15,9 @@ from actors.router import RouterActor
 from actors.session_host import SessionHostActor
 from actors.tool_executor import ToolExecutorActor
 from services.config import GatewaySettings, MediaSettings, ModelSettings, RuntimeSettings
+from services.errors import ActorGone
 from services.media.vocabulary import CallSpec
+from services.observability import metrics
 from services.runtime.placement import Rejected
 from services.runtime.router import Opened
 
@@ -33,6 +35,12 @@ class Cluster:
     ingress_ports: list[int] = dataclasses.field(default_factory=list)
     # Ingresses claim stream tokens here, so a token is single-use across all of them.
     redis_url: str | None = None
+    # What start_cluster was given, so reconcile() can start replacements alike.
+    spawn: dict[str, Any] = dataclasses.field(default_factory=dict)
+    restarts: int = 0
+    # Rounds in a row an actor did not answer (by actor key): two make it dead, so one slow
+    # answer from a busy host does not get it replaced.
+    misses: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def add_ingress(
         self, ingress_id: str, settings: GatewaySettings, media: MediaSettings | None = None
@@ -77,6 +85,53 @@ class Cluster:
         self.host_pids[host_id] = _ray.call_sync(handle, "start", timeout=60.0)
         self.hosts[host_id] = handle
         return handle
+
+    def reconcile(self, limit_s: float = 2.0) -> list[str]:
+        """One round of supervision: every session host and tool executor is pinged, and each
+        that is dead (its process killed, its node gone) is replaced by a new one, so a pool does
+        not stay short. A lost host's calls are moved by their ingresses, not here; a dead
+        executor's entries are reclaimed by the others. Returns what was started."""
+        started: list[str] = []
+        for host_id, handle in list(self.hosts.items()):
+            if self._alive(handle, limit_s):
+                continue
+            _ray.kill(handle)  # if it was only stuck, it must not serve on beside its successor
+            del self.hosts[host_id]
+            self.host_pids.pop(host_id, None)
+            new_id = f"{host_id.rsplit('-r', 1)[0]}-r{self._next_restart()}"
+            self.add_host(new_id, **self.spawn["host"])
+            logger.error("session host %s died; started %s in its place", host_id, new_id)
+            metrics.actor_restarted("session_host")
+            started.append(new_id)
+        for n, handle in enumerate(list(self.executors)):
+            if self._alive(handle, limit_s):
+                continue
+            name = f"executor-r{self._next_restart()}"
+            replacement = _ray.start_actor(ToolExecutorActor, name, **self.spawn["executor"])
+            self.executor_pids[n] = _ray.call_sync(replacement, "start", timeout=60.0)
+            self.executors[n] = replacement
+            _ray.kill(handle)
+            logger.error("tool executor %d died; started %s in its place", n, name)
+            metrics.actor_restarted("tool_executor")
+            started.append(name)
+        return started
+
+    def _next_restart(self) -> int:
+        self.restarts += 1
+        return self.restarts
+
+    def _alive(self, handle: Any, limit_s: float) -> bool:
+        key = _ray.actor_key(handle)
+        try:
+            _ray.call_sync(handle, "ping", timeout=limit_s)
+        except ActorGone:
+            self.misses[key] = self.misses.get(key, 0) + 1
+            if self.misses[key] < 2:
+                return True  # once is not yet dead
+            del self.misses[key]
+            return False
+        self.misses.pop(key, None)
+        return True
 
     def drain_ingresses(self) -> int:
         """No new calls anywhere (readiness fails, webhooks answer busy); returns how many
@@ -134,19 +189,30 @@ def start_cluster(
         detached=True,
     )
     _ray.call_sync(router, "start", timeout=60.0)
-    cluster = Cluster(router, {}, {}, [], [], redis_url=redis_url)
+    executor_options: dict[str, Any] = {
+        "redis_url": redis_url,
+        "agent_spec": settings.agent,
+        "concurrency": settings.executor_concurrency,
+    }
+    host_options: dict[str, Any] = {
+        "settings": settings,
+        "redis_url": redis_url,
+        "model": model,
+        "model_url": model_url,
+    }
+    cluster = Cluster(
+        router,
+        {},
+        {},
+        [],
+        [],
+        redis_url=redis_url,
+        spawn={"host": host_options, "executor": executor_options},
+    )
     for n in range(settings.hosts):
-        cluster.add_host(
-            f"{host_prefix}-{n}", settings, redis_url=redis_url, model=model, model_url=model_url
-        )
+        cluster.add_host(f"{host_prefix}-{n}", **host_options)
     for n in range(settings.executors):
-        executor = _ray.start_actor(
-            ToolExecutorActor,
-            f"executor-{n}",
-            redis_url=redis_url,
-            agent_spec=settings.agent,
-            concurrency=settings.executor_concurrency,
-        )
+        executor = _ray.start_actor(ToolExecutorActor, f"executor-{n}", **executor_options)
         cluster.executors.append(executor)
     cluster.executor_pids = _ray.wait_all(
         [_ray.submit(e, "start") for e in cluster.executors], 60.0

@@ -48,6 +48,33 @@ class _Signals:
         return got
 
 
+class _Supervisor:
+    """Replaces dead session hosts and tool executors (``Cluster.reconcile``) every few seconds,
+    from a thread of the driver, until stopped."""
+
+    def __init__(self, cluster: Any, interval_s: float = 2.0) -> None:
+        self._cluster = cluster
+        self._interval_s = interval_s
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="callray-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30.0)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval_s):
+            try:
+                for name in self._cluster.reconcile():
+                    print(f"callray: an actor died; started {name} in its place", flush=True)
+            except Exception:
+                logger.exception("supervision round failed; trying again")
+
+
 def _drain(cluster: Any, signals: _Signals, timeout_s: float) -> None:
     """Let the calls in progress finish for up to ``timeout_s``, then end each with a spoken
     goodbye; a second signal cuts either wait short."""
@@ -163,10 +190,14 @@ def run_up(settings: Settings) -> int:
         lines.append(f"metrics   http://127.0.0.1:{server.port}/metrics")
         lines.append("events    callray events tail   (stream callray:call-events)")
 
+        supervisor = _Supervisor(cluster)
+        stack.callback(supervisor.stop)  # before cluster.stop (registered earlier, runs later)
+        supervisor.start()
         signals = _Signals()  # after ray.init, which installs handlers of its own
         print("callray is up\n  " + "\n  ".join(lines) + "\n  Ctrl-C stops everything.", flush=True)
         signals.wait()
         print(f"callray: {signals.received[0]} received, stopping", flush=True)
+        supervisor.stop()  # a drain is not a death: replace nothing from here on
         _drain(cluster, signals, rt.drain_timeout_s)
     print("callray: stopped", flush=True)
     return 0

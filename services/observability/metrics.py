@@ -130,6 +130,11 @@ FRONT_DOOR_REFUSED = Counter(
     " reason (pending_limit, start_timeout, request_timeout)",
     ["reason"],
 )
+ACTOR_RESTARTS = Counter(
+    "callray_actor_restarts_total",
+    "Actors found dead and replaced by the supervisor, by kind (session_host, tool_executor)",
+    ["kind"],
+)
 CALLS_MOVED = Counter(
     "callray_calls_moved_total",
     "Live calls an ingress moved off a session host it lost, by outcome (moved, no_capacity)",
@@ -303,6 +308,10 @@ def tool_reclaimed(count: int = 1) -> None:
 
 def media_frames(direction: str, count: int) -> None:
     _media_frames(direction).add(count)
+
+
+def actor_restarted(kind: str) -> None:
+    ACTOR_RESTARTS.labels(kind).inc()
 
 
 def call_moved(outcome: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from actors import _ray
 from actors.cluster import Cluster, start_cluster
@@ -261,3 +262,35 @@ def test_tool_past_deadline_gives_timeout_and_call_goes_on(
         wait_until(lambda: cluster.status()["calls"] == 0, "the end")
     finally:
         model.stop()
+
+
+def test_dead_hosts_and_executors_are_replaced(
+    make_cluster: Callable[..., Cluster], ingress: DriverIngress, r: redis.Redis
+) -> None:
+    cluster = make_cluster(executors=2)
+    victim_host = sorted(cluster.hosts)[0]
+    os.kill(cluster.host_pids[victim_host], signal.SIGKILL)
+    os.kill(cluster.executor_pids[0], signal.SIGKILL)
+    assert cluster.reconcile() == []  # one missed answer is not yet death
+    started: list[str] = []
+    deadline = time.monotonic() + WAIT
+    while len(started) < 2 and time.monotonic() < deadline:
+        started += cluster.reconcile()
+        time.sleep(0.2)
+    assert sorted(started) == sorted([f"{victim_host}-r1", "executor-r2"])
+    assert victim_host not in cluster.hosts and len(cluster.hosts) == 2
+    assert len(cluster.executors) == 2
+    # The pools are whole again: the router places calls on the new host, tools still run.
+    new_host = f"{victim_host}-r1"
+    wait_until(lambda: new_host in cluster.status()["hosts"], "the new host to register")
+    opened = scripted_call_with_tool(cluster, ingress, "after-restart-1")
+    wait_until(
+        lambda: any(e["kind"] == "tool.returned" for e in events_of(r, "after-restart-1")),
+        "a tool result after the restarts",
+    )
+    # Counted where the supervisor runs (the driver: this process here).
+    for kind in ("session_host", "tool_executor"):
+        restarts = REGISTRY.get_sample_value("callray_actor_restarts_total", {"kind": kind})
+        assert restarts is not None and restarts >= 1
+    assert cluster.reconcile() == []  # everyone answers now
+    hang_up_all(cluster, ingress, [opened])
