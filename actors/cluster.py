@@ -92,7 +92,13 @@ class Cluster:
         not stay short. A lost host's calls are moved by their ingresses, not here; a dead
         executor's entries are reclaimed by the others. Returns what was started."""
         started: list[str] = []
+        released = set(self.status()["released"])
         for host_id, handle in list(self.hosts.items()):
+            if host_id in released:
+                # Drained on purpose (`callray drain`): gone for good, not to be replaced.
+                del self.hosts[host_id]
+                self.host_pids.pop(host_id, None)
+                continue
             if self._alive(handle, limit_s):
                 continue
             _ray.kill(handle)  # if it was only stuck, it must not serve on beside its successor

@@ -95,6 +95,18 @@ def _events_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drain_command(args: argparse.Namespace) -> int:
+    from actors import _ray
+    from actors.drain import run_drain
+
+    # The cluster `callray up` started on this machine, or RAY_ADDRESS's.
+    _ray.init(address=load_settings().runtime.ray_address or "auto")
+    try:
+        return run_drain(args.hosts, all_hosts=args.all, timeout_s=args.timeout)
+    finally:
+        _ray.shutdown()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callray", description=package_doc)
     parser.add_argument("--log-level", default=os.environ.get("CALLRAY_LOG_LEVEL", "INFO"))
@@ -123,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     from services.loadgen.cli import add_loadtest_parser
 
     add_loadtest_parser(sub)
+
+    drain = sub.add_parser(
+        "drain", help="take session hosts out of service once their calls have ended"
+    )
+    drain.add_argument("hosts", nargs="*", metavar="HOST_ID", help="session hosts to drain")
+    drain.add_argument("--all", action="store_true", help="every session host")
+    drain.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
+    drain.set_defaults(run=_drain_command)
 
     events = sub.add_parser("events", help="the call-event stream")
     events_sub = events.add_subparsers(dest="events_command", required=True)

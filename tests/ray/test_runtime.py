@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -294,3 +296,46 @@ def test_dead_hosts_and_executors_are_replaced(
         assert restarts is not None and restarts >= 1
     assert cluster.reconcile() == []  # everyone answers now
     hang_up_all(cluster, ingress, [opened])
+
+
+def test_callray_drain_waits_for_the_calls_then_the_host_is_released(
+    make_cluster: Callable[..., Cluster], ingress: DriverIngress
+) -> None:
+    cluster = make_cluster()
+    opened = [
+        x
+        for x in open_many(cluster, [CallSpec(f"dr-{n}", greet=False) for n in range(4)])
+        if isinstance(x, Opened)
+    ]
+    victim = opened[0].host_id
+    on_victim = [o for o in opened if o.host_id == victim]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "drain", victim, "--timeout", str(WAIT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert f"draining {victim}" in first, first
+        assert f"{victim}: {len(on_victim)} calls left" in proc.stdout.readline()
+        # Still draining while calls are up: new calls go elsewhere, reconcile replaces nothing.
+        later = cluster.open_call(CallSpec("dr-new", greet=False))
+        assert isinstance(later, Opened) and later.host_id != victim
+        assert proc.poll() is None
+        for o in on_victim:
+            ingress.send(o.host, o.call_id, CallerHungUp())
+        assert proc.wait(WAIT) == 0
+        rest = proc.stdout.read()
+        assert f"drained and released: {victim}" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert victim in cluster.status()["released"]
+    assert cluster.reconcile() == [] and victim not in cluster.hosts  # not replaced
+    hang_up_all(cluster, ingress, [o for o in opened if o.host_id != victim] + [later])
