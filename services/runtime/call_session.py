@@ -26,6 +26,7 @@ from typing import Any
 from services.agents.control import CallControl
 from services.aio import Cancellable, Timers, sleep
 from services.config import ModelSettings
+from services.errors import RealtimeProtocolError
 from services.media.vocabulary import (
     AudioDone,
     CallEnded,
@@ -46,7 +47,7 @@ from services.realtime import server_events as se
 from services.realtime.agent import RealtimeAgent
 from services.realtime.audio_formats import bytes_per_ms, normalize_format
 from services.realtime.history import replay_items
-from services.realtime.items import item_from_wire
+from services.realtime.items import RealtimeItem, item_from_wire
 from services.realtime.playback import PlaybackTracker
 from services.realtime.session import REPLAY_ITEMS, RealtimeSession
 from services.realtime.tools import FunctionTool, ToolCall, ToolResult, ToolRunner
@@ -183,19 +184,32 @@ class CallSession(CallControl):
     async def start(self) -> None:
         """Connect the model and greet (or, for a call moved here, replay its conversation and
         say the line dropped). Raises if the model cannot be reached."""
-        begin = self._clock()
         self._epoch = await self._conversations.claim(self.call_id)
         record = await self._conversations.load(self.call_id) if self.spec.resumed else []
+        begin = self._clock()
         await self.session.connect(api_key=self._model.api_key.value or None, url=self._model_url)
         metrics.model_connected(self._clock() - begin)
         if record:
-            items = [item for item in (item_from_wire(i) for i in record) if item is not None]
-            self.transport.reset_history([], items)
+            self.transport.reset_history([], self._replayable(record))
         if self.spec.resumed:
             self.session.transport.request_response({"instructions": RESUME_INSTRUCTIONS})
         elif self.spec.greet:
             self.session.transport.request_response()
         self._events.emit("call.started", self.call_id, transport=self.spec.transport)
+
+    def _replayable(self, record: Items) -> list[RealtimeItem]:
+        """The record's items; one that does not parse is left out (a resumed call goes on
+        without it rather than not at all)."""
+        items: list[RealtimeItem] = []
+        for raw in record:
+            try:
+                item = item_from_wire(raw)
+            except RealtimeProtocolError:
+                self._log.warning("left an unreadable item out of the conversation record")
+                continue
+            if item is not None:
+                items.append(item)
+        return items
 
     async def end(self, reason: str) -> None:
         """End the call once: close the model session, tell the ingress, report it."""

@@ -35,6 +35,7 @@ from services.runtime.call_session import (
     CallSession,
     reconnect_delay,
 )
+from services.runtime.conversations import MemoryConversations
 from services.runtime.events import ListEventSink
 from tests.realtime_helpers import audio_delta, response_created, response_done
 from tests.virtual_time import FakeClock
@@ -95,7 +96,13 @@ async def _run_for(clock: FakeClock, seconds: float, step: float = 0.01) -> None
 
 
 class Call:
-    def __init__(self, clock: FakeClock, reconnect_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        clock: FakeClock,
+        reconnect_s: float = 10.0,
+        spec: CallSpec | None = None,
+        conversations: MemoryConversations | None = None,
+    ) -> None:
         self.socket = ModelSocket()
         self.sockets = [self.socket]
         self.refuse = False  # the model server is away: connects fail
@@ -114,7 +121,7 @@ class Call:
             return self.socket
 
         self.session = CallSession(
-            CallSpec("CA1", transport="twilio", audio_format="audio/pcmu", greet=False),
+            spec or CallSpec("CA1", transport="twilio", audio_format="audio/pcmu", greet=False),
             RealtimeAgent(name="agent", instructions="Help."),
             model=ModelSettings(Secret(""), None, "gpt-realtime", reconnect_s=reconnect_s),
             model_url="ws://model.invalid/v1/realtime",
@@ -126,6 +133,7 @@ class Call:
             timers=clock,
             create_websocket=create_websocket,
             rng=random.Random(7),
+            conversations=conversations,
         )
 
     def of(self, kind: type) -> list[Command]:
@@ -312,3 +320,26 @@ async def test_a_goodbye_the_model_never_finishes_still_ends_the_call(clock: Fak
     assert call.of(Hangup) == []
     await _run_for(clock, 0.2)
     assert call.of(Hangup) == [Hangup("CA1", "shutdown")] and call.ended == ["shutdown"]
+
+
+async def test_a_resumed_call_replays_its_record_and_skips_what_does_not_parse(
+    clock: FakeClock,
+) -> None:
+    store = MemoryConversations()
+    await store.claim("CA1")
+    good = {
+        "type": "message",
+        "id": "it_1",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "Hello."}],
+    }
+    assert await store.save("CA1", 1, [{"type": "message", "role": 7}, good])
+    spec = CallSpec("CA1", transport="twilio", greet=False, resumed=True)
+    call = Call(clock, spec=spec, conversations=store)
+    await call.session.start()
+    await _settle()
+    created = [e["item"] for e in call.socket.sent if e["type"] == "conversation.item.create"]
+    assert created == [good]
+    resume = [e for e in call.socket.sent if e["type"] == "response.create"]
+    assert resume and resume[0]["response"]["instructions"].startswith("The line dropped")
+    assert await store.claim("CA1") == 3  # the resumed session took epoch 2
