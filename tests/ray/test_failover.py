@@ -27,10 +27,10 @@ from services.config import (
 )
 from services.localmodel.server import LocalModelServer
 from services.runtime.call_session import RESUME_INSTRUCTIONS
-from tests.conftest import TIMEOUT_FACTOR
 from tests.ray.callers import AUTH_TOKEN, Caller, make_caller
 from tests.ray.events import events_of
 from tests.ray.scrape import parse_samples
+from tests.ray.test_ingress_conformance import until
 from tests.wire import WireValidator
 
 pytestmark = [
@@ -39,8 +39,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.asyncio(loop_scope="module"),
 ]
-
-WAIT = 20 * TIMEOUT_FACTOR
 
 
 @dataclass
@@ -72,15 +70,6 @@ async def system(ray_session: None, redis_url: str) -> AsyncIterator[System]:
         await asyncio.to_thread(cluster.stop)
         await model.stop()
     wire.check()
-
-
-async def until(predicate: object, what: str) -> None:
-    try:
-        async with asyncio.timeout(WAIT):
-            while not predicate():  # type: ignore[operator]
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def test_calls_on_a_killed_host_move_and_go_on(system: System) -> None:

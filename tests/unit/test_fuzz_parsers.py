@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from services.errors import CallrayError, ChannelError, MediaStreamProtocolError
 from services.gateway.twilio_bridge import TwilioBridge
+from services.loadgen.wire import StreamIdentity, TwilioCallerCodec
 from services.media import channel
 from services.realtime.transports.openai_base import OpenAIRealtimeBase
 from services.telephony.media_streams import TwilioSerializer
@@ -109,21 +110,9 @@ def tokens(draw: st.DrawFn) -> str:
 
 
 def _start(token: str) -> str:
-    sid = "MZ" + "0" * 32
-    return json.dumps(
-        {
-            "event": "start",
-            "streamSid": sid,
-            "start": {
-                "streamSid": sid,
-                "accountSid": "AC" + "0" * 32,
-                "callSid": "CA1",
-                "tracks": ["inbound"],
-                "customParameters": {"token": token},
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            },
-        }
-    )
+    # Written by the load generator's codec: the one caller-side Twilio encoder.
+    identity = StreamIdentity("AC" + "0" * 32, "CA1", "MZ" + "0" * 32)
+    return TwilioCallerCodec(identity).start({"token": token})
 
 
 @FUZZ
