@@ -27,6 +27,9 @@ class RealtimeAgent:
     handoff_description: str | None = None
     # Phone calls: also tell the model about keypad presses (they always reach call events).
     dtmf_to_model: bool = False
+    # Phone calls: where to transfer the caller when the model cannot be reached (a ``tel:`` or
+    # ``sip:`` target, e.g. a human queue) instead of hanging up; None hangs up.
+    fallback_transfer: str | None = None
 
     def resolve_instructions(self, context: Any = None) -> str:
         if callable(self.instructions):

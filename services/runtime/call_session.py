@@ -452,6 +452,14 @@ class CallSession(CallControl):
             self._reconnecting = None
         if self.ended is None:
             metrics.model_reconnect_gave_up()
+            target = self.session.current_agent.fallback_transfer
+            if target:
+                # No model to say goodbye: rather than leave the caller with nothing, hand the
+                # call to where the agent says (a human queue).
+                self._log.warning("model away for %.1f s; transferring", self._model.reconnect_s)
+                self._out(Transfer(self.call_id, target))
+                self.end_soon("model_unavailable_transferred")
+                return
             self._log.warning("model away for %.1f s; ending the call", self._model.reconnect_s)
             self.end_soon("model_unavailable")
 

@@ -102,6 +102,7 @@ class Call:
         reconnect_s: float = 10.0,
         spec: CallSpec | None = None,
         conversations: MemoryConversations | None = None,
+        agent: RealtimeAgent | None = None,
     ) -> None:
         self.socket = ModelSocket()
         self.sockets = [self.socket]
@@ -122,7 +123,7 @@ class Call:
 
         self.session = CallSession(
             spec or CallSpec("CA1", transport="twilio", audio_format="audio/pcmu", greet=False),
-            RealtimeAgent(name="agent", instructions="Help."),
+            agent or RealtimeAgent(name="agent", instructions="Help."),
             model=ModelSettings(Secret(""), None, "gpt-realtime", reconnect_s=reconnect_s),
             model_url="ws://model.invalid/v1/realtime",
             tool_runner=InProcessToolRunner(),
@@ -343,3 +344,14 @@ async def test_a_resumed_call_replays_its_record_and_skips_what_does_not_parse(
     resume = [e for e in call.socket.sent if e["type"] == "response.create"]
     assert resume and resume[0]["response"]["instructions"].startswith("The line dropped")
     assert await store.claim("CA1") == 3  # the resumed session took epoch 2
+
+
+async def test_a_model_that_stays_away_transfers_where_the_agent_says(clock: FakeClock) -> None:
+    agent = RealtimeAgent(name="agent", instructions="Help.", fallback_transfer="tel:+15550100")
+    call = Call(clock, reconnect_s=1.0, agent=agent)
+    await call.session.start()
+    call.refuse = True
+    await call.socket.drop()
+    await _run_for(clock, 1.1)
+    assert call.of(Transfer) == [Transfer("CA1", "tel:+15550100")]
+    assert call.ended == ["model_unavailable_transferred"]
