@@ -75,6 +75,13 @@ class _Supervisor:
                 logger.exception("supervision round failed; trying again")
 
 
+def _second_signal(signals: _Signals, wait_s: float) -> bool:
+    if signals.wait(wait_s):
+        print("callray: second signal: stopping now", flush=True)
+        return True
+    return False
+
+
 def _drain(cluster: Any, signals: _Signals, timeout_s: float) -> None:
     """Let the calls in progress finish for up to ``timeout_s``, then end each with a spoken
     goodbye; a second signal cuts either wait short."""
@@ -95,12 +102,10 @@ def _drain(cluster: Any, signals: _Signals, timeout_s: float) -> None:
             print(f"callray: drain timeout: {told} calls end with a goodbye", flush=True)
             end = time.monotonic() + GOODBYE_GRACE_S + 2.0
             while cluster.status()["calls"] > 0 and time.monotonic() < end:
-                if signals.wait(0.2):
-                    print("callray: second signal: stopping now", flush=True)
+                if _second_signal(signals, 0.2):
                     return
             return
-        if signals.wait(min(0.2, left)):
-            print("callray: second signal: stopping now", flush=True)
+        if _second_signal(signals, min(0.2, left)):
             return
 
 

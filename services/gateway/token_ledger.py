@@ -17,12 +17,11 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Final, Protocol
-from urllib.parse import urlsplit
 
 from redis.exceptions import RedisError
 
 from services.errors import TransportError
-from services.redis_client import connect
+from services.redis_client import connect, without_password
 
 __all__ = ["CALL_KEY_PREFIX", "KEY_PREFIX", "LocalTokenLedger", "RedisTokenLedger", "TokenLedger"]
 
@@ -84,9 +83,8 @@ class RedisTokenLedger:
     ) -> None:
         # A call start waits on this answer, so every wait is bounded.
         self._redis = connect(redis_url, max_connections=max_connections, timeout_s=timeout_s)
-        # The URL may carry a password: keep only where it points (STYLE.md, secrets).
-        parts = urlsplit(redis_url)
-        self._where = f"{parts.hostname or parts.path}:{parts.port or ''}".rstrip(":")
+        # The URL may carry a password: keep it out of repr and messages (STYLE.md, secrets).
+        self._where = without_password(redis_url)
 
     def __repr__(self) -> str:
         return f"RedisTokenLedger({self._where})"

@@ -89,9 +89,6 @@ class ConversationWriter:
             self.start()  # on the first save: the host is built before its loop runs
         self._wakeup.set()
 
-    def forget(self, call_id: str) -> None:
-        self._pending.pop(call_id, None)
-
     async def _run(self) -> None:
         failing = False
         while True:
