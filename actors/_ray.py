@@ -142,6 +142,12 @@ class HostClient:
     async def shutdown(self, limit_s: float) -> None:
         await call(self.handle, "shutdown", limit_s=limit_s)
 
+    async def hand_off_all(self, reason: str) -> int:
+        return int(await call(self.handle, "hand_off_all", reason, limit_s=5.0))
+
+    async def say_goodbye_all(self, reason: str) -> int:
+        return int(await call(self.handle, "say_goodbye_all", reason, limit_s=5.0))
+
     def kill(self) -> None:
         kill(self.handle)
 
@@ -153,8 +159,8 @@ class RouterClient:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    def release(self, call_id: str, reason: str) -> None:
-        fire(self.handle, "release", call_id, reason)
+    def release(self, call_id: str, reason: str, host_id: str) -> None:
+        fire(self.handle, "release", call_id, reason, host_id)
 
     async def register_host(self, host_id: str, host: Any, capacity: int, pid: int) -> None:
         await call(self.handle, "register_host", host_id, host, capacity, pid)

@@ -53,8 +53,8 @@ class RouterActor:
     async def move_call(self, spec: CallSpec, from_host: str) -> Opened | Rejected:
         return await self.core.move_call(spec, from_host)
 
-    def release(self, call_id: str, reason: str = "") -> None:
-        self.core.release(call_id, reason)
+    def release(self, call_id: str, reason: str = "", host_id: str | None = None) -> None:
+        self.core.release(call_id, reason, host_id)
 
     def host_of(self, call_id: str) -> str | None:
         """The session host a live call is on (None: not placed)."""
@@ -62,6 +62,9 @@ class RouterActor:
 
     def drain(self, host_id: str) -> bool:
         return self.core.drain(host_id)
+
+    async def evacuate(self, host_id: str) -> str:
+        return await self.core.evacuate(host_id)
 
     def status(self) -> dict[str, Any]:
         return self.core.status()

@@ -79,7 +79,7 @@ class SessionHostActor:
 
     def _call_ended(self, call_id: str, reason: str) -> None:
         if self._router is not None:
-            self._router.release(call_id, reason)
+            self._router.release(call_id, reason, self.host_id)
 
     def ping(self) -> int:
         return len(self.host.calls)
@@ -94,6 +94,10 @@ class SessionHostActor:
     def say_goodbye_all(self, reason: str) -> int:
         """The node is stopping: every call here ends with a spoken goodbye."""
         return self.host.say_goodbye_all(reason)
+
+    def hand_off_all(self, reason: str) -> int:
+        """A drain past its deadline: every call here moves to another host."""
+        return self.host.hand_off_all(reason)
 
     async def close_call(self, call_id: str, reason: str) -> bool:
         """End a call here (the router moved it to another host)."""

@@ -141,7 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drain.add_argument("hosts", nargs="*", metavar="HOST_ID", help="session hosts to drain")
     drain.add_argument("--all", action="store_true", help="every session host")
-    drain.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
+    drain.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds calls may finish by themselves (600); then they move to other hosts, "
+        "or end with a goodbye when none has room",
+    )
     drain.set_defaults(run=_drain_command)
 
     events = sub.add_parser("events", help="the call-event stream")

@@ -97,6 +97,11 @@ class MediaSettings:
     # lost and moves its live calls to other hosts (the caller hears this much silence, plus
     # the new session's start).
     host_lost_s: float = 1.0
+    # Never dead air: a call whose session is gone and not back on another host within this
+    # long hears the unavailable announcement and ends.
+    no_session_s: float = 2.0
+    # That announcement: a mono 16-bit WAV (8 kHz is enough for a phone); "" is the built-in one.
+    unavailable_announcement: str = ""
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,8 @@ def load_media_settings(env: Mapping[str, str]) -> MediaSettings:
         mark_ms=_frame_ms(env, "CALLRAY_MARK_MS", d.mark_ms, 1000),
         channel_interval_ms=interval,
         host_lost_s=_float(env, "CALLRAY_HOST_LOST_S", d.host_lost_s),
+        no_session_s=_float(env, "CALLRAY_NO_SESSION_S", d.no_session_s),
+        unavailable_announcement=env.get("CALLRAY_UNAVAILABLE_ANNOUNCEMENT", "").strip(),
     )
 
 

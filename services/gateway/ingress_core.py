@@ -16,9 +16,12 @@ signalling and gives the core one :class:`MediaLeg` per call. The core does the 
 * **a lost host**: when the media channel to a host cannot be re-established for
   ``MediaSettings.host_lost_s``, each live call on it is moved: the router places it on another
   host (``move_call``), where a new session resumes it, and the caller hears a gap, not a
-  hang-up; with no capacity left the call ends ``host_lost``. From then on commands for the call
-  are taken from its new host only, so a host that was slow rather than dead cannot speak into
-  it.
+  hang-up. A host being emptied (a drain past its deadline) asks for the same with
+  :class:`MoveCall`. From the move's start commands for the call are taken from its new host
+  only, so a host that was slow rather than dead cannot speak into it;
+* **never dead air**: a call with no session to move to, or none within
+  ``MediaSettings.no_session_s``, hears the unavailable announcement (:mod:`.announcement`)
+  from the ingress itself and then ends, with the reason.
 
 Playback accounting is the adapter's (it knows what "played" means on its media: Twilio marks,
 RTP sent, a track's clock); the core only carries the figures.
@@ -35,6 +38,7 @@ from typing import Any, Protocol
 
 from services.config import MediaSettings
 from services.errors import TransportError
+from services.gateway import announcement
 from services.gateway.token_ledger import TokenLedger
 from services.media.channel_client import Locate, MediaChannelClient
 from services.media.vocabulary import (
@@ -46,6 +50,7 @@ from services.media.vocabulary import (
     ClearPlayback,
     Command,
     Hangup,
+    MoveCall,
     PlayAudio,
     PlaybackCut,
     Transfer,
@@ -99,6 +104,11 @@ class Refused:
     reason: str
 
 
+# The host id of a call being moved: no host's commands match it until the move lands.
+MOVING = ""
+ANNOUNCEMENT_ITEM = "callray:announcement"
+
+
 @dataclasses.dataclass(slots=True, eq=False)
 class IngressCall:
     spec: CallSpec
@@ -106,6 +116,10 @@ class IngressCall:
     link: MediaChannelClient
     host_id: str
     ended: bool = False
+
+    @property
+    def moving(self) -> bool:
+        return self.host_id == MOVING
 
 
 class IngressCore:
@@ -124,6 +138,8 @@ class IngressCore:
         # None: single use is enforced per process only (one ingress, or tests without Redis).
         self._ledger = ledger
         self._media = media or MediaSettings()
+        # Loaded now: a bad CALLRAY_UNAVAILABLE_ANNOUNCEMENT fails the start, not a call.
+        self._announcement = announcement.load(self._media.unavailable_announcement)
         self._links: dict[str, MediaChannelClient] = {}
         self.calls: dict[str, IngressCall] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -189,12 +205,12 @@ class IngressCore:
 
     def caller_audio(self, call_id: str, audio: bytes) -> None:
         call = self.calls.get(call_id)
-        if call is not None and not call.ended:
+        if call is not None and not call.ended and not call.moving:
             call.link.send(call_id, audio)
 
     def caller_input(self, call_id: str, message: CallInput) -> None:
         call = self.calls.get(call_id)
-        if call is not None and not call.ended:
+        if call is not None and not call.ended and not call.moving:
             call.link.send(call_id, message)
 
     def caller_gone(self, call_id: str, reason: str) -> None:
@@ -222,35 +238,74 @@ class IngressCore:
         if link is None:
             return
         moving = [c for c in self.calls.values() if c.host_id == host_id and not c.ended]
+        if not moving:  # e.g. a drained host, released: nothing of ours was on it
+            logger.info("media channel to session host %s is gone; no calls were on it", host_id)
+            return
         logger.error("session host %s lost: moving its %d calls", host_id, len(moving))
         for call in moving:
-            task = asyncio.ensure_future(self._move(call, host_id))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start_move(call, host_id)
+
+    def _start_move(self, call: IngressCall, host_id: str) -> None:
+        call.host_id = MOVING  # from now on the old host cannot speak into the call
+        task = asyncio.ensure_future(self._move(call, host_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _move(self, call: IngressCall, host_id: str) -> None:
         call_id = call.spec.call_id
         spec = dataclasses.replace(call.spec, greet=False, resumed=True)
-        try:
-            result = await self._router.move_call(spec, host_id)
-        except Exception as exc:  # the router itself unreachable
+        move = asyncio.ensure_future(self._router.move_call(spec, host_id))
+        done, _ = await asyncio.wait({move}, timeout=self._media.no_session_s)
+        if not done:
             logger.error(
-                "could not move call off lost host %s: %s", host_id, exc, extra={"call_id": call_id}
+                "no session took the call within %g s of leaving %s",
+                self._media.no_session_s,
+                host_id,
+                extra={"call_id": call_id},
             )
+            self._announce_and_end(call, "no_session")
+            # The router may still place it: end what that opens, nobody is left to hear it.
+            move.add_done_callback(lambda m: self._abandon(call_id, m))
+            return
+        try:
+            result = move.result()
+        except Exception as exc:  # the router itself unreachable
+            logger.error("could not move call off %s: %s", host_id, exc, extra={"call_id": call_id})
             result = Rejected("router_unreachable")
         if self.calls.get(call_id) is not call or call.ended:
-            # The caller hung up meanwhile: end what the move opened.
-            if not isinstance(result, Rejected):
-                self._link(result.host_id, result.host).send(call_id, CallerHungUp("caller_hangup"))
+            self._abandon(call_id, move)  # the caller hung up meanwhile
             return
         if isinstance(result, Rejected):
-            call.ended = True
-            call.leg.end("host_lost")
+            self._announce_and_end(call, "no_capacity")
             return
         call.link.calls.discard(call_id)
         call.link = self._link(result.host_id, result.host)
         call.host_id = result.host_id
         call.link.calls.add(call_id)
+
+    def _abandon(self, call_id: str, move: asyncio.Future[Any]) -> None:
+        """A move that landed after its caller was gone: end the session it opened."""
+        if move.cancelled() or move.exception() is not None:
+            return
+        result = move.result()
+        if not isinstance(result, Rejected):
+            self._link(result.host_id, result.host).send(call_id, CallerHungUp("caller_hangup"))
+
+    def _announce_and_end(self, call: IngressCall, reason: str) -> None:
+        """Never dead air: the caller hears the announcement, then the call ends (``reason``)."""
+        call.ended = True
+        metrics.call_announced(call.spec.transport, reason)
+        leg = call.leg
+        leg.interrupt()  # whatever the lost session had queued goes first
+        call_id = call.spec.call_id
+        leg.play(
+            PlayAudio(
+                call_id, self._announcement.encoded(call.spec.audio_format), ANNOUNCEMENT_ITEM
+            )
+        )
+        leg.audio_done(AudioDone(call_id, ANNOUNCEMENT_ITEM))
+        # The adapter paces (or the provider buffers) what it was handed: end once it has played.
+        asyncio.get_running_loop().call_later(self._announcement.seconds + 0.3, leg.end, reason)
 
     # ----- session → caller ----------------------------------------------------------------------
 
@@ -277,3 +332,11 @@ class IngressCore:
         elif isinstance(command, CallEnded):
             call.ended = True
             leg.end(command.reason)
+        elif isinstance(command, MoveCall) and not call.ended:
+            logger.info(
+                "host %s hands the call off (%s)",
+                host_id,
+                command.reason,
+                extra={"call_id": command.call_id},
+            )
+            self._start_move(call, host_id)

@@ -49,6 +49,7 @@ from services.media.vocabulary import (
     Command,
     Dtmf,
     Hangup,
+    MoveCall,
     PlayAudio,
     PlaybackCut,
     Played,
@@ -231,6 +232,8 @@ def encode_commands(sent_at: float, commands: Iterable[Command]) -> bytes:
             items.append(["H", c.call_id, c.reason])
         elif isinstance(c, Transfer):
             items.append(["T", c.call_id, c.target])
+        elif isinstance(c, MoveCall):
+            items.append(["M", c.call_id, c.reason])
         else:
             items.append(["E", c.call_id, c.reason])
     return _pack(["out", sent_at, items])
@@ -254,6 +257,8 @@ def decode_commands(message: bytes | str) -> tuple[float, list[Command]]:
                 out.append(Transfer(call_id, str(item[2])))
             elif kind == "E":
                 out.append(CallEnded(call_id, str(item[2])))
+            elif kind == "M":
+                out.append(MoveCall(call_id, str(item[2])))
             else:
                 raise ChannelError(f"unknown media channel command {kind!r}"[:120])
     except ChannelError:

@@ -120,7 +120,21 @@ class CallEnded:
     reason: str
 
 
-Command = PlayAudio | AudioDone | ClearPlayback | Hangup | Transfer | CallEnded
+# The end reason of a session whose call went on on another host (moved off a lost or drained
+# host): its call event is ``call.moved``, not ``call.ended``.
+MOVED = "moved"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MoveCall:
+    """The host is being emptied (a drain past its deadline): the ingress moves the call to
+    another host, as for a lost host, and the session here stays until the router closes it."""
+
+    call_id: str
+    reason: str
+
+
+Command = PlayAudio | AudioDone | ClearPlayback | Hangup | Transfer | CallEnded | MoveCall
 
 
 def is_audio(item: bytes | CallInput | Command) -> bool:

@@ -140,6 +140,12 @@ CALLS_MOVED = Counter(
     "Live calls an ingress moved off a session host it lost, by outcome (moved, no_capacity)",
     ["outcome"],
 )
+CALLS_ANNOUNCED = Counter(
+    "callray_calls_announced_total",
+    "Calls ended by their ingress with the unavailable announcement because no session could "
+    "take them (no_capacity, no_session)",
+    ["transport", "reason"],
+)
 CALL_EVENTS_DROPPED = Counter(
     "callray_call_events_dropped_total",
     "Call events dropped because the event log (Redis) was away longer than the queue holds",
@@ -316,6 +322,10 @@ def actor_restarted(kind: str) -> None:
 
 def call_moved(outcome: str) -> None:
     CALLS_MOVED.labels(outcome).inc()
+
+
+def call_announced(transport: str, reason: str) -> None:
+    CALLS_ANNOUNCED.labels(transport, reason).inc()
 
 
 def call_events_dropped() -> None:

@@ -28,6 +28,7 @@ from services.aio import Cancellable, Timers, sleep
 from services.config import ModelSettings
 from services.errors import RealtimeProtocolError
 from services.media.vocabulary import (
+    MOVED,
     AudioDone,
     CallEnded,
     CallerHungUp,
@@ -229,7 +230,9 @@ class CallSession(CallControl):
             self._log.warning("closing the model session of a call failed", exc_info=True)
         self._out(CallEnded(self.call_id, reason))
         duration = round(self._clock() - self._started_at, 3)
-        self._events.emit("call.ended", self.call_id, reason=reason, duration_s=duration)
+        # A call moved to another host has not ended: it goes on there.
+        kind = "call.moved" if reason == MOVED else "call.ended"
+        self._events.emit(kind, self.call_id, reason=reason, duration_s=duration)
         self._on_end(self, reason)
 
     # ----- inputs from the ingress -----------------------------------------------------------

@@ -10,11 +10,29 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
+from services.errors import UserError
 from services.observability import metrics
 
 logger = logging.getLogger(__name__)
+
+# Every kind of call event (their fields: services/toolbus/call_events.py); a sink refuses others.
+EVENT_KINDS: Final[frozenset[str]] = frozenset(
+    {
+        "call.started",
+        "call.answered",
+        "call.ended",
+        "call.moved",
+        "model.disconnected",
+        "model.reconnected",
+        "transcript",
+        "tool.called",
+        "tool.returned",
+        "interrupted",
+        "dtmf",
+    }
+)
 
 
 class EventSink(Protocol):
@@ -28,6 +46,8 @@ class ListEventSink:
         self.events: list[tuple[str, str, dict[str, Any]]] = []
 
     def emit(self, kind: str, call_id: str, **fields: Any) -> None:
+        if kind not in EVENT_KINDS:  # as the Redis log does, so tests catch a new kind
+            raise UserError(f"unknown call event kind {kind!r}")
         self.events.append((kind, call_id, fields))
 
     def kinds(self, call_id: str | None = None) -> list[str]:
@@ -85,6 +105,14 @@ class BufferedEventSink:
                 kind, call_id, fields = self._queue[0]
                 try:
                     await self._log.emit(kind, call_id, **fields)
+                except UserError as exc:
+                    # The event itself is wrong (a kind the log does not know): no retry can
+                    # write it, and holding it would hold every event behind it.
+                    logger.error("dropped a call event that cannot be written: %s", exc)
+                    self._queue.popleft()
+                    self.dropped += 1
+                    metrics.call_events_dropped()
+                    continue
                 except Exception as exc:
                     failures += 1
                     if failures == 1:

@@ -19,7 +19,7 @@ from services.agents.registry import AgentRegistry
 from services.config import ModelSettings
 from services.errors import CallSetupError, ConfigError
 from services.media.channel import Input, Outbox, command_outbox
-from services.media.vocabulary import CallSpec, Command
+from services.media.vocabulary import MOVED, CallSpec, Command, MoveCall
 from services.observability import metrics
 from services.realtime.tools import ToolRunner
 from services.runtime.call_session import CallSession
@@ -135,7 +135,7 @@ class CallHost:
         call = self.calls.get(call_id)
         if call is not None:
             logger.warning("call moved to another host; ending it here", extra={"call_id": call_id})
-            call.end_soon("moved")
+            call.end_soon(MOVED)
 
     async def close_call(self, call_id: str, reason: str = "closed") -> bool:
         call = self.calls.get(call_id)
@@ -150,6 +150,15 @@ class CallHost:
         calls = list(self.calls.values())
         for call in calls:
             call.say_goodbye(reason)
+        return len(calls)
+
+    def hand_off_all(self, reason: str) -> int:
+        """Ask each call's ingress to move it to another host (a drain past its deadline). The
+        sessions here go on until the router, placing each elsewhere, closes them (``moved``);
+        returns how many calls were handed off."""
+        calls = list(self.calls.values())
+        for call in calls:
+            self.outbox(call.spec.ingress_id).put(MoveCall(call.call_id, reason))
         return len(calls)
 
     async def close_all(self, reason: str) -> None:

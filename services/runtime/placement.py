@@ -64,6 +64,15 @@ class Placement:
         seat.draining = True
         return True
 
+    def is_draining(self, host_id: str) -> bool:
+        seat = self._hosts.get(host_id)
+        return seat is not None and seat.draining
+
+    def free_seats(self, *, avoid: str | None = None) -> int:
+        """Seats open to new calls on hosts that take them (not ``avoid``)."""
+        hosts = sum(s.free for s in self._hosts.values() if not s.draining and s.host_id != avoid)
+        return max(0, min(hosts, self.cluster_capacity - len(self._call_host)))
+
     def drained(self, host_id: str) -> bool:
         seat = self._hosts.get(host_id)
         return seat is not None and seat.draining and not seat.calls

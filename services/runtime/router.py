@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from services.errors import CallrayError
-from services.media.vocabulary import CallSpec
+from services.media.vocabulary import MOVED, CallSpec
 from services.observability import metrics
 from services.runtime.events import EventSink
 from services.runtime.placement import Placement, Rejected
@@ -34,6 +34,10 @@ class HostLike(Protocol):
     async def ping(self, limit_s: float) -> Any: ...
 
     async def shutdown(self, limit_s: float) -> None: ...
+
+    async def hand_off_all(self, reason: str) -> int: ...
+
+    async def say_goodbye_all(self, reason: str) -> int: ...
 
     def kill(self) -> None: ...
 
@@ -117,6 +121,23 @@ class RouterCore:
         self.released.append(host_id)
         logger.info("session host %s drained and released", host_id)
 
+    async def evacuate(self, host_id: str) -> str:
+        """Empty a draining host now (its drain ran past the deadline): when another host has
+        room its calls move there (the ingresses move them, as for a lost host: a gap, not a
+        hang-up); when none has, each ends with the agent's spoken goodbye. Returns which."""
+        host = self._hosts.get(host_id)
+        if host is None or not self.placement.is_draining(host_id):
+            raise CallrayError(f"session host {host_id} is not draining")
+        if self.placement.free_seats(avoid=host_id) > 0:
+            n = await host.client.hand_off_all("host_drained")
+            logger.info("drain deadline: %d calls on %s move to other hosts", n, host_id)
+            return "moved"
+        n = await host.client.say_goodbye_all("host_drained")
+        logger.info(
+            "drain deadline: %d calls on %s end with a goodbye (no room elsewhere)", n, host_id
+        )
+        return "goodbye"
+
     # ----- calls ---------------------------------------------------------------------------------
 
     async def open_call(self, spec: CallSpec) -> Opened | Rejected:
@@ -159,13 +180,17 @@ class RouterCore:
 
     async def _close_moved(self, host: _Host, host_id: str, call_id: str) -> None:
         try:
-            await host.client.close_call(call_id, "moved")
+            await host.client.close_call(call_id, MOVED)
         except CallrayError:
             pass  # gone, as the ingress thought: its health check will say so
         except Exception:
             logger.warning("could not tell %s that a call moved away", host_id, exc_info=True)
 
-    def release(self, call_id: str, reason: str = "") -> None:
+    def release(self, call_id: str, reason: str = "", host_id: str | None = None) -> None:
+        """A call ended on ``host_id``. A session that ended because its call moved away must
+        not free the seat the call now holds on its new host, so a release names its host."""
+        if host_id is not None and self.placement.host_of(call_id) != host_id:
+            return
         self.placement.release(call_id)
         self._transport_of.pop(call_id, None)
 

@@ -5,8 +5,8 @@ Data flows one way (STYLE.md): session → :class:`RedisToolRunner` → ``callra
 :class:`ToolExecutor` → ``callray:tool-results:{host}`` → the same runner → session.
 """
 
+from services.runtime.events import EVENT_KINDS
 from services.toolbus.call_events import (
-    EVENT_KINDS,
     CallEvent,
     CallEventLog,
     format_event,

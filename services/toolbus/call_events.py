@@ -7,6 +7,10 @@ Writers use :class:`CallEventLog`. Every entry has the fields ``v`` (envelope ve
 ``call.started``     anything the host adds (``transport``, ``agent``, ...)
 ``call.answered``    as above
 ``call.ended``       ``reason``, ``duration_s``
+``call.moved``       ``reason``, ``duration_s`` (of the session that let it go; the call goes on
+                     on another host, whose session adds a second ``call.started``)
+``model.disconnected`` (none): the model socket dropped mid-call; the session reconnects
+``model.reconnected`` ``gap_ms``, ``attempts``, ``replayed`` (conversation items re-sent)
 ``transcript``       ``role`` (user/assistant), ``text``
 ``tool.called``      ``tool``, ``tool_call_id``
 ``tool.returned``    ``tool``, ``tool_call_id``, ``outcome``
@@ -46,6 +50,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.errors import ProtocolError, UserError
+from services.runtime.events import EVENT_KINDS
 from services.toolbus.envelopes import ENVELOPE_VERSION
 from services.toolbus.streams import (
     CALL_EVENTS_STREAM,
@@ -59,18 +64,6 @@ from services.toolbus.streams import (
 
 logger = logging.getLogger(__name__)
 
-EVENT_KINDS: Final = frozenset(
-    {
-        "call.started",
-        "call.answered",
-        "call.ended",
-        "transcript",
-        "tool.called",
-        "tool.returned",
-        "interrupted",
-        "dtmf",
-    }
-)
 _ENVELOPE_FIELDS: Final = frozenset({"v", "kind", "call_id", "ts"})
 
 FieldValue = str | int | float

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from services.config import (
 )
 from services.localmodel.server import LocalModelServer
 from services.runtime.call_session import RESUME_INSTRUCTIONS
+from tests.conftest import TIMEOUT_FACTOR
 from tests.ray.callers import AUTH_TOKEN, Caller, make_caller
 from tests.ray.events import events_of
 from tests.ray.scrape import parse_samples
@@ -154,3 +156,57 @@ def _events(system: System, call_id: str) -> list[dict[str, str]]:
         return events_of(r, call_id)
     finally:
         r.close()
+
+
+async def test_a_drain_past_its_deadline_moves_the_calls_to_another_host(system: System) -> None:
+    cluster = system.cluster
+    await asyncio.to_thread(cluster.add_host, "fo-spare", **cluster.spawn["host"])
+    callers: list[Caller] = []
+    for _ in range(4):
+        caller = make_caller("twilio", system.base_url)
+        await caller.dial()
+        callers.append(caller)
+    await until(lambda: all(c.received_audio >= 8 * 300 for c in callers), "every greeting")
+    where = {
+        c.call_id: await asyncio.to_thread(_ray.call_sync, cluster.router, "host_of", c.call_id)
+        for c in callers
+    }
+    victim = max(set(where.values()), key=list(where.values()).count)
+    moving = [c for c in callers if where[c.call_id] == victim]
+    await until(lambda: not any(c.received_audio != c.played_audio for c in callers), "quiet")
+    heard = {c.call_id: c.received_audio for c in callers}
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "drain",
+        victim,
+        "--timeout",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60 * TIMEOUT_FACTOR)
+    said = out.decode()
+    assert proc.returncode == 0, said
+    assert f"{victim}: moving them to other hosts" in said and "drained and released" in said
+
+    # Each moved call hears its agent again, from another host; nobody was hung up.
+    await until(
+        lambda: all(c.received_audio > heard[c.call_id] for c in moving), "audio after the move"
+    )
+    assert all(c.closed_reason is None for c in callers), [c.closed_reason for c in callers]
+    for c in moving:
+        now_on = await asyncio.to_thread(_ray.call_sync, cluster.router, "host_of", c.call_id)
+        assert now_on not in (None, victim)
+        kinds = [e["kind"] for e in _events(system, c.call_id)]
+        assert kinds.count("call.moved") == 1 and "call.ended" not in kinds, kinds
+    assert victim in cluster.status()["released"]
+
+    for c in callers:
+        await c.hang_up()
+    await until(lambda: cluster.status()["calls"] == 0, "every seat released")
+    for c in callers:
+        await c.close()

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from services.runtime.events import BufferedEventSink
+from services.errors import UserError
+from services.runtime.events import EVENT_KINDS, BufferedEventSink, ListEventSink
 
 
 class FlakyLog:
@@ -59,3 +60,34 @@ async def test_events_wait_out_an_outage_in_order_and_overflow_is_counted(
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2, messages
     assert "cannot be written" in messages[0] and "written again" in messages[1]
+
+
+async def test_an_event_of_an_unknown_kind_is_dropped_not_held_before_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class StrictLog(FlakyLog):
+        async def emit(self, kind: str, call_id: str, **fields: Any) -> None:
+            if kind not in EVENT_KINDS:
+                raise UserError(f"unknown call event kind {kind!r}")
+            await super().emit(kind, call_id, **fields)
+
+    log = StrictLog()
+    sink = BufferedEventSink(log, sleep=_no_wait)
+    sink.start()
+    before = _dropped()
+    with caplog.at_level(logging.ERROR, logger="services.runtime.events"):
+        sink.emit("no.such.kind", "c1")
+        sink.emit("call.ended", "c2")
+        await _settle()
+    assert log.written == ["c2"]
+    assert _dropped() == before + 1
+    assert "cannot be written" in caplog.text
+    await sink.close()
+
+
+def test_the_in_memory_sink_refuses_kinds_the_log_would() -> None:
+    sink = ListEventSink()
+    for kind in ("call.moved", "model.disconnected", "model.reconnected"):
+        sink.emit(kind, "c1")
+    with pytest.raises(UserError, match="unknown call event kind"):
+        sink.emit("model.exploded", "c1")

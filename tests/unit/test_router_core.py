@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from services.errors import TransportError
+import pytest
+
+from services.errors import CallrayError, TransportError
 from services.media.vocabulary import CallSpec
 from services.runtime.events import ListEventSink
 from services.runtime.placement import Rejected
@@ -20,6 +22,8 @@ class FakeHost:
         self.killed = False
         self.opened: list[CallSpec] = []
         self.closed: list[tuple[str, str]] = []
+        self.handed_off: list[str] = []
+        self.goodbyes: list[str] = []
 
     async def open_call(self, spec: CallSpec) -> float:
         self.opened.append(spec)
@@ -40,6 +44,14 @@ class FakeHost:
 
     def kill(self) -> None:
         self.killed = True
+
+    async def hand_off_all(self, reason: str) -> int:
+        self.handed_off.append(reason)
+        return len(self.opened)
+
+    async def say_goodbye_all(self, reason: str) -> int:
+        self.goodbyes.append(reason)
+        return len(self.opened)
 
 
 class VirtualTime:
@@ -164,3 +176,38 @@ async def test_a_call_with_nowhere_to_move_is_refused() -> None:
     moved = await core.move_call(CallSpec("c1", resumed=True), "only")
     assert isinstance(moved, Rejected)
     assert core.placement.active_calls == 0  # its seat on the lost host is freed
+
+
+async def test_a_moved_calls_old_session_ending_does_not_free_its_new_seat() -> None:
+    core = RouterCore(cluster_capacity=10, events=ListEventSink(), sleep=VirtualTime().sleep)
+    a, b = FakeHost(), FakeHost()
+    core.register_host("a", a, "a-handle", 5, 1)
+    core.register_host("b", b, "b-handle", 5, 2)
+    first = await core.open_call(CallSpec("c1"))
+    assert isinstance(first, Opened)
+    moved = await core.move_call(CallSpec("c1", resumed=True), first.host_id)
+    assert isinstance(moved, Opened) and moved.host_id != first.host_id
+    core.release("c1", "moved", first.host_id)  # the old session, closed by the move
+    assert core.placement.host_of("c1") == moved.host_id
+    core.release("c1", "caller_hangup", moved.host_id)
+    assert core.placement.host_of("c1") is None
+
+
+async def test_evacuating_a_drained_host_moves_its_calls_when_another_has_room() -> None:
+    core = RouterCore(cluster_capacity=10, events=ListEventSink(), sleep=VirtualTime().sleep)
+    a, b = FakeHost(), FakeHost()
+    core.register_host("a", a, "a-handle", 5, 1)
+    core.register_host("b", b, "b-handle", 5, 2)
+    core.drain("a")
+    assert await core.evacuate("a") == "moved"
+    assert a.handed_off == ["host_drained"] and a.goodbyes == []
+    core.drain("b")  # now nowhere has room: goodbyes instead
+    assert await core.evacuate("b") == "goodbye"
+    assert b.goodbyes == ["host_drained"] and b.handed_off == []
+
+
+async def test_only_a_draining_host_can_be_evacuated() -> None:
+    core = RouterCore(cluster_capacity=10, events=ListEventSink(), sleep=VirtualTime().sleep)
+    core.register_host("a", FakeHost(), "a-handle", 5, 1)
+    with pytest.raises(CallrayError, match="not draining"):
+        await core.evacuate("a")
