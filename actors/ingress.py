@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 import secrets
 
-from aiohttp import web
-
 from actors import _ray
 from services.config import GatewaySettings, MediaSettings
 from services.errors import ActorGone
@@ -45,16 +43,11 @@ class IngressActor:
             ready_checks=[self._router_has_room],
         )
         self._settings = settings
-        self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def start(self) -> int:
         """Listen; returns the bound port (``port`` 0 picks a free one)."""
-        self._runner = web.AppRunner(self.gateway.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self.port = await self.gateway.listen(self._settings.host, self._settings.port)
         logger.info("gateway listening on %s:%d", self._settings.host, self.port)
         return self.port
 
@@ -82,8 +75,7 @@ class IngressActor:
 
     async def stop(self) -> None:
         try:
-            if self._runner is not None:
-                await self._runner.cleanup()
+            await self.gateway.stop()
         finally:
             # After the runner: streams still opening finish their claim first.
             if self._ledger is not None:

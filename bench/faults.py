@@ -11,6 +11,10 @@ one fault is injected into it mid-run:
 * ``model-drop``: the local model closes every connection with 1011 after ``--drop-after``
   client events (``callray model --drop-after``; 50 appends a second per call), so each call's
   session reconnects and replays its conversation, once or more per run.
+* ``drain``: ``callray drain host-0 --timeout --drain-timeout`` ``--at`` seconds into the calls,
+  as an operator takes a host out of service. Its calls go on until the timeout, then move to
+  the other host (``RouterCore.evacuate``); the gap is measured as for a lost host, and the
+  drain's own duration (command start to the host released) is reported.
 
 Reported per fault: calls kept (completed, not hung up), the callers' gaps (p50, p99, max, over
 the calls that had one), frames lost, and callray's own counters from ``/metrics``.
@@ -27,6 +31,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +77,33 @@ def _host_pids(driver: psutil.Process) -> list[int]:
     ]
 
 
+async def _drain(host_id: str, timeout_s: float) -> dict[str, Any]:
+    """``callray drain`` as an operator runs it, joining ``callray up``'s Ray."""
+    began = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "drain",
+        host_id,
+        "--timeout",
+        str(timeout_s),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    out, _ = await proc.communicate()
+    lines = out.decode().splitlines()
+    return {
+        "host": host_id,
+        "timeout_s": timeout_s,
+        "exit": proc.returncode,
+        "took_s": round(time.monotonic() - began, 2),
+        "calls_left_at_start": next((ln.split()[-3] for ln in lines if "calls left" in ln), None),
+        "said": lines,
+    }
+
+
 def run_fault(fault: str, args: argparse.Namespace) -> dict[str, Any]:
     from services import aio
     from services.loadgen import LoadOptions, run_load
@@ -90,6 +123,7 @@ def run_fault(fault: str, args: argparse.Namespace) -> dict[str, Any]:
             seed=7,
         )
         killed: dict[str, Any] = {}
+        drained: dict[str, Any] = {}
 
         async def run() -> Any:
             load = asyncio.create_task(run_load(options))
@@ -98,6 +132,10 @@ def run_fault(fault: str, args: argparse.Namespace) -> dict[str, Any]:
                 victim = _host_pids(driver)[0]
                 os.kill(victim, signal.SIGKILL)
                 killed.update(pid=victim, at_s=round(options.ramp_s + args.at, 1))
+            elif fault == "drain":
+                await asyncio.sleep(options.ramp_s + args.at)
+                drained.update(await _drain("host-0", args.drain_timeout))
+                drained["at_s"] = round(options.ramp_s + args.at, 1)
             return await load
 
         report = aio.run(run()).to_dict()
@@ -110,6 +148,7 @@ def run_fault(fault: str, args: argparse.Namespace) -> dict[str, Any]:
         "calls": args.calls,
         "duration_s": args.duration,
         "killed": killed or None,
+        "drained": drained or None,
         "drop_after_events": args.drop_after if fault == "model-drop" else None,
         "kept": sum(
             1 for c in per_call if c["outcome"] == "completed" and c["ended_by"] != "ingress"
@@ -125,11 +164,12 @@ def run_fault(fault: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--faults", default="host-kill,model-drop")
+    parser.add_argument("--faults", default="host-kill,model-drop,drain")
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--at", type=float, default=10.0, help="host-kill: seconds into the calls")
     parser.add_argument("--drop-after", type=int, default=1000, help="model-drop: client events")
+    parser.add_argument("--drain-timeout", type=float, default=3.0, help="drain: --timeout")
     parser.add_argument(
         "--gap-floor-ms", type=float, default=0.0, help="ignore silences up to this long"
     )

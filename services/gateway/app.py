@@ -7,17 +7,20 @@ readiness, for a load balancer deciding where new calls go: 200 only when the ga
 draining and every check given to it passes (the actor adds: the router answers and the cluster
 has room), 503 with the reasons otherwise. Once :meth:`Gateway.drain` is called (the node is
 stopping) new calls are turned away (Twilio's webhook answers busy TwiML) and calls in progress
-go on.
+go on. :meth:`Gateway.listen` serves it with a guard on connections that never send a whole
+request (:mod:`.connection_guard`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from services.config import GatewaySettings, MediaSettings
+from services.gateway.connection_guard import guard_connections
 from services.gateway.ingress_core import IngressCore, RouterPort
 from services.gateway.token_ledger import LocalTokenLedger, TokenLedger
 from services.gateway.twilio_ingress import TwilioIngress
@@ -53,9 +56,27 @@ class Gateway:
             ledger=ledger,
             media=media,
         )
+        self._runner: web.AppRunner | None = None
+        self._guard: asyncio.Task[None] | None = None
         self.twilio = TwilioIngress(
             self.core, settings, tokens, ledger, media=media, draining=lambda: self.draining
         )
+
+    async def listen(self, host: str, port: int) -> int:
+        """Serve on ``host:port`` (0: a free port) with the connection guard; returns the port."""
+        # An idle keep-alive connection is closed after 75 s (aiohttp's default is an hour).
+        self._runner = web.AppRunner(self.app(), access_log=None, keepalive_timeout=75.0)
+        await self._runner.setup()
+        assert self._runner.server is not None
+        self._guard = asyncio.create_task(guard_connections(self._runner.server, self.settings))
+        await web.TCPSite(self._runner, host, port).start()
+        return int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._guard is not None:
+            self._guard.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)

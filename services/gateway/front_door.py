@@ -6,11 +6,18 @@ stream has a deadline (``GatewaySettings.stream_start_s``, enforced by the adapt
 number is bounded in total and per source address (:class:`PendingStreams`); past a bound a new
 stream is refused before the WebSocket upgrade (503), which costs the peer a round trip and us
 nothing. Streams that opened a call no longer count: they are paid for by an admitted call.
+
+Before that, an HTTP connection that has not sent one whole request (slowloris: headers a byte
+at a time) is held by the HTTP server itself, which has no deadline for it.
+:class:`SilentConnections` decides which such connections to close: each past
+``GatewaySettings.request_timeout_s`` and, past the same bounds as streams, the newest ones.
 """
 
 from __future__ import annotations
 
-__all__ = ["PendingStreams", "Ticket"]
+from collections.abc import Hashable, Iterable
+
+__all__ = ["PendingStreams", "SilentConnections", "Ticket"]
 
 
 class Ticket:
@@ -58,3 +65,51 @@ class PendingStreams:
         else:
             del self._by_source[source]  # the map holds only sources with streams pending
         self.total -= 1
+
+
+class SilentConnections:
+    """HTTP connections that have not yet sent a whole request, swept on a timer.
+
+    :meth:`sweep` is given every open connection as ``(key, source, has_sent_a_request)`` and
+    returns the keys to close with why: silent past ``deadline_s`` since first seen
+    (``header_timeout``), or beyond ``total`` / ``per_source`` silent connections, the newest
+    first (``connection_limit``). A connection that has sent a request is the request handler's
+    business from then on.
+    """
+
+    def __init__(self, *, deadline_s: float, total: int, per_source: int) -> None:
+        self.deadline_s = deadline_s
+        self.total_limit = total
+        self.per_source_limit = per_source
+        self._first_seen: dict[Hashable, float] = {}
+
+    def sweep(
+        self, now: float, connections: Iterable[tuple[Hashable, str, bool]]
+    ) -> list[tuple[Hashable, str]]:
+        silent: list[tuple[float, Hashable, str]] = []
+        seen: dict[Hashable, float] = {}
+        for key, source, has_request in connections:
+            if has_request:
+                continue
+            first = self._first_seen.get(key, now)
+            seen[key] = first
+            silent.append((first, key, source))
+        self._first_seen = seen  # forgets connections that closed or sent a request
+        close: list[tuple[Hashable, str]] = []
+        kept: list[tuple[float, Hashable, str]] = []
+        for first, key, source in sorted(silent, key=lambda s: s[0]):
+            if now - first >= self.deadline_s:
+                close.append((key, "header_timeout"))
+            else:
+                kept.append((first, key, source))
+        by_source: dict[str, int] = {}
+        staying = 0
+        for _first, key, source in kept:  # oldest first: the newest go
+            if staying >= self.total_limit or by_source.get(source, 0) >= self.per_source_limit:
+                close.append((key, "connection_limit"))
+                continue
+            by_source[source] = by_source.get(source, 0) + 1
+            staying += 1
+        for key, _why in close:
+            self._first_seen.pop(key, None)
+        return close

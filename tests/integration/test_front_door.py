@@ -135,3 +135,21 @@ async def test_a_flood_of_ignored_frames_logs_one_line(
         )
         assert after == before + 49
         await ws.close()
+
+
+async def test_a_connection_that_never_finishes_its_headers_is_closed(
+    wire: WireValidator,
+) -> None:
+    async with running_gateway(wire, request_timeout_s=0.5) as (base, _host):
+        port = int(base.rsplit(":", 1)[1])
+        before = _refused("header_timeout")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /twilio/voice HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        await writer.drain()
+        async with asyncio.timeout(WAIT):
+            assert await reader.read() == b""  # closed by the gateway
+        assert _refused("header_timeout") == before + 1
+        writer.close()
+        # A request that arrives whole is answered as ever.
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/healthz") as reply:
+            assert reply.status == 200

@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 import websockets
-from aiohttp.test_utils import TestServer
 from twilio.request_validator import RequestValidator
 
 from services.agents.registry import load_agents
@@ -117,12 +116,11 @@ async def running_gateway(
             locate_channel=lambda handle: local.locate,
             tokens=StreamTokens(b"0123456789abcdef0123456789abcdef", 30.0),
         )
-        server = TestServer(gw.app(), host="127.0.0.1")
-        await server.start_server()
+        port = await gw.listen("127.0.0.1", 0)
         try:
-            yield f"http://127.0.0.1:{server.port}", host
+            yield f"http://127.0.0.1:{port}", host
         finally:
-            await server.close()
+            await gw.stop()
             await host.close_all("test_end")
             await local.stop()
 
