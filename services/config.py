@@ -7,6 +7,7 @@ Ray actors as a constructor argument. Secrets never appear in ``repr``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -128,6 +129,31 @@ class RuntimeSettings:
 
 
 @dataclass(frozen=True)
+class WebRTCSettings:
+    """Browser calls (services/gateway/webrtc_ingress.py; ICE: services/webrtc/ice.py)."""
+
+    # When set, POST /webrtc/token needs "Authorization: Bearer <this>" (your backend asks for
+    # a call token for a signed-in user); empty: open, for development on one machine.
+    token_secret: Secret = Secret("")
+    # Addresses aioice gathers host candidates on; empty: aioice's own choice (every interface
+    # address but loopback). Tests on loopback use 127.0.0.1.
+    ice_addresses: tuple[str, ...] = ()
+    # The address peers reach us at when it is not ours (1:1 NAT, a Kubernetes node's address):
+    # host candidates in our answers carry it instead.
+    advertise_address: str | None = None
+    # STUN/TURN URLs; none by default (aiortc's own default is a public STUN server).
+    ice_servers: tuple[str, ...] = ()
+    # Offered candidates on private addresses are tried (False: only public ones).
+    allow_private_candidates: bool = True
+    # Offers from one address beyond this rate (per second, with a burst of twice it) get 429.
+    offers_per_source_s: float = 5.0
+    # ICE and DTLS must complete within connect_s; a caller whose audio stops for silence_s
+    # (a closed tab, a dead network) has hung up.
+    connect_s: float = 10.0
+    silence_s: float = 3.0
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     """The front door: one port for Twilio's webhook and media streams, health and metrics."""
 
@@ -148,6 +174,7 @@ class GatewaySettings:
     max_pending_streams: int = 1000
     max_pending_per_source: int = 100
     request_timeout_s: float = 10.0
+    webrtc: WebRTCSettings = field(default_factory=WebRTCSettings)
 
 
 @dataclass(frozen=True)
@@ -282,6 +309,41 @@ def load_gateway_settings(env: Mapping[str, str]) -> GatewaySettings:
             env, "CALLRAY_MAX_PENDING_PER_SOURCE", d.max_pending_per_source, 1
         ),
         request_timeout_s=_float(env, "CALLRAY_REQUEST_TIMEOUT_S", d.request_timeout_s),
+        webrtc=load_webrtc_settings(env),
+    )
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+
+def load_webrtc_settings(env: Mapping[str, str]) -> WebRTCSettings:
+    d = WebRTCSettings()
+    addresses = _list(env, "CALLRAY_WEBRTC_ICE_ADDRESSES")
+    advertise = env.get("CALLRAY_WEBRTC_ADVERTISE_ADDRESS", "").strip() or None
+    for name, value in [("CALLRAY_WEBRTC_ICE_ADDRESSES", a) for a in addresses] + (
+        [("CALLRAY_WEBRTC_ADVERTISE_ADDRESS", advertise)] if advertise else []
+    ):
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ConfigError(f"{name} must hold IP addresses, got {value!r}") from None
+    servers = _list(env, "CALLRAY_WEBRTC_ICE_SERVERS")
+    for url in servers:
+        if not url.startswith(("stun:", "turn:", "turns:")):
+            raise ConfigError(f"CALLRAY_WEBRTC_ICE_SERVERS holds stun:/turn: URLs, got {url!r}")
+    private = env.get("CALLRAY_WEBRTC_ALLOW_PRIVATE", "").strip().lower()
+    return WebRTCSettings(
+        token_secret=Secret(env.get("CALLRAY_WEBRTC_TOKEN_SECRET", "").strip()),
+        ice_addresses=addresses,
+        advertise_address=advertise,
+        ice_servers=servers,
+        allow_private_candidates=private not in ("0", "false", "no"),
+        offers_per_source_s=_float(
+            env, "CALLRAY_WEBRTC_OFFERS_PER_SOURCE_S", d.offers_per_source_s
+        ),
+        connect_s=_float(env, "CALLRAY_WEBRTC_CONNECT_S", d.connect_s),
+        silence_s=_float(env, "CALLRAY_WEBRTC_SILENCE_S", d.silence_s),
     )
 
 

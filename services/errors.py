@@ -7,7 +7,8 @@
     │   ├── AudioFormatError          audio bytes or an audio format description
     │   ├── MediaStreamProtocolError  a telephony media-stream message (Twilio, ...) or its token
     │   │   └── StreamTokenError          a stream token was refused (``reason``)
-    │   └── ChannelError              a media-channel message (services.media.channel)
+    │   ├── ChannelError              a media-channel message (services.media.channel)
+    │   └── SdpError                  an SDP offer we do not take (WebRTC, SIP); safe to show
     ├── TransportError            a connection could not be used
     │   ├── TransportClosed           the peer or we closed it (code, reason)
     │   ├── NotConnected              an operation needs an open connection
@@ -86,6 +87,11 @@ class StreamTokenError(MediaStreamProtocolError):
 class ChannelError(ProtocolError):
     """A media-channel message that cannot be used (malformed, unknown kind, wrong version, bad
     key); the connection carrying it is closed with this text, or the message skipped."""
+
+
+class SdpError(ProtocolError):
+    """An SDP offer we do not take (malformed, no usable audio, insecure); the message names
+    the reason and is safe to send back to the peer."""
 
 
 class TransportError(CallrayError):

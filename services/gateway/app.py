@@ -24,6 +24,7 @@ from services.gateway.connection_guard import guard_connections
 from services.gateway.ingress_core import IngressCore, RouterPort
 from services.gateway.token_ledger import LocalTokenLedger, TokenLedger
 from services.gateway.twilio_ingress import TwilioIngress
+from services.gateway.webrtc_ingress import WebRTCIngress
 from services.media.channel_client import Locate
 from services.observability import metrics
 from services.telephony.stream_tokens import StreamTokens
@@ -61,6 +62,7 @@ class Gateway:
         self.twilio = TwilioIngress(
             self.core, settings, tokens, ledger, media=media, draining=lambda: self.draining
         )
+        self.webrtc = WebRTCIngress(self.core, settings, tokens, draining=lambda: self.draining)
 
     async def listen(self, host: str, port: int) -> int:
         """Serve on ``host:port`` (0: a free port) with the connection guard; returns the port."""
@@ -81,6 +83,7 @@ class Gateway:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
         self.twilio.routes(app)
+        self.webrtc.routes(app)
         app.router.add_get("/healthz", self.health)
         app.router.add_get("/readyz", self.ready)
         app.router.add_get("/metrics", self.metrics)
@@ -88,6 +91,7 @@ class Gateway:
         return app
 
     async def _cleanup(self, _app: web.Application) -> None:
+        await self.webrtc.close()
         await self.core.close()
         await self.twilio.close()
 

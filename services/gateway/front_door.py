@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 
-__all__ = ["PendingStreams", "SilentConnections", "Ticket"]
+__all__ = ["PendingStreams", "SilentConnections", "SourceRate", "Ticket"]
 
 
 class Ticket:
@@ -113,3 +113,30 @@ class SilentConnections:
         for key, _why in close:
             self._first_seen.pop(key, None)
         return close
+
+
+class SourceRate:
+    """A token bucket per source address: ``rate`` a second with bursts of ``burst``. Used for
+    requests that cost real work before the peer proved anything (a WebRTC offer: ICE sockets,
+    DTLS). Sources idle long enough to refill are forgotten, so the map stays small."""
+
+    def __init__(self, *, rate: float, burst: float, max_sources: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._max_sources = max_sources
+        self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, at)
+
+    def allow(self, source: str, now: float) -> bool:
+        tokens, at = self._buckets.get(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1.0:
+            self._buckets[source] = (tokens, now)
+            return False
+        self._buckets[source] = (tokens - 1.0, now)
+        if len(self._buckets) > self._max_sources:
+            self._forget_full(now)
+        return True
+
+    def _forget_full(self, now: float) -> None:
+        refill_s = self.burst / self.rate
+        self._buckets = {s: b for s, b in self._buckets.items() if now - b[1] < refill_s}

@@ -39,3 +39,13 @@ def test_aiohttp_still_counts_parsed_requests_where_the_guard_reads_them() -> No
     handler = web_protocol.RequestHandler
     assert "_request_count" in handler.__slots__
     assert "self._request_count += 1" in inspect.getsource(handler.data_received)
+
+
+def test_a_source_over_its_rate_is_refused_until_its_bucket_refills() -> None:
+    from services.gateway.front_door import SourceRate
+
+    rate = SourceRate(rate=5.0, burst=10.0)
+    assert all(rate.allow("A", 0.0) for _ in range(10))
+    assert not rate.allow("A", 0.0)
+    assert rate.allow("B", 0.0)  # another source has its own bucket
+    assert rate.allow("A", 0.2) and not rate.allow("A", 0.2)  # one token back after 0.2 s

@@ -1,0 +1,125 @@
+"""Browser calls through the WebRTC adapter, on real sockets: an aiortc caller against the
+gateway, a real CallHost and the local model (loopback only, ICE on 127.0.0.1). The agent's
+greeting reaches the caller, the caller's tone reaches the model, hang-up and silence end the
+call, and every bad-input row of the front door is refused with its status."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from services.config import WebRTCSettings
+from tests.integration.test_gateway import WAIT, running_gateway, until
+from tests.webrtc_caller import WebRTCCaller
+from tests.wire import WireValidator
+
+pytestmark = pytest.mark.integration
+
+LOOPBACK = WebRTCSettings(ice_addresses=("127.0.0.1",), silence_s=1.5, connect_s=5.0)
+OFFER = (Path(__file__).parents[1] / "unit" / "data" / "chromium_offer.sdp").read_text()
+
+
+async def test_a_browser_call_hears_the_agent_and_its_audio_reaches_the_model(
+    wire: WireValidator,
+) -> None:
+    async with running_gateway(wire, webrtc=LOOPBACK) as (base, host):
+        caller = WebRTCCaller(base)
+        assert await caller.dial() == 201, caller.answer_text
+        await until(lambda: caller.loud_frames >= 10, "the greeting, heard by the caller")
+        assert caller.call_id in host.calls
+        session = host.calls[caller.call_id]
+        assert session.spec.transport == "webrtc" and session.spec.audio_format == "audio/pcm"
+        appended = sum(1 for e in wire.client_log if e["type"] == "input_audio_buffer.append")
+        caller.source.speaking = True
+        await until(
+            lambda: (
+                sum(1 for e in wire.client_log if e["type"] == "input_audio_buffer.append")
+                > appended + 20
+            ),
+            "the caller's audio, appended to the model",
+        )
+        await caller.hang_up()
+        await until(lambda: caller.call_id not in host.calls, "the call ended")
+
+
+async def test_a_caller_that_goes_silent_is_taken_for_gone(wire: WireValidator) -> None:
+    async with running_gateway(wire, webrtc=LOOPBACK) as (base, host):
+        caller = WebRTCCaller(base)
+        assert await caller.dial() == 201
+        await until(lambda: caller.call_id in host.calls and caller.received_frames > 0, "up")
+        caller.source.stop()  # the tab froze: no more RTP from it
+        async with asyncio.timeout(WAIT):
+            while caller.call_id in host.calls:
+                await asyncio.sleep(0.05)
+        await caller.close()
+
+
+async def _post_offer(base: str, body: bytes | str, **headers: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/webrtc/token") as reply:
+            token = (await reply.json())["token"]
+        headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}", **headers}
+        async with http.post(f"{base}/webrtc/calls", data=body, headers=headers) as reply:
+            return reply.status, await reply.text()
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "says"),
+    [
+        (OFFER, {"Content-Type": "text/plain"}, 415, "application/sdp"),
+        ("v=0\r\n" + "a=x:" + "y" * 17000 + "\r\n", {}, 413, "too large"),
+        (OFFER, {"Authorization": "Bearer nope"}, 401, "token"),
+        ("garbage", {}, 400, "not an SDP offer"),
+        (OFFER.replace("UDP/TLS/RTP/SAVPF", "RTP/AVP"), {}, 400, "must be UDP/TLS/RTP/SAVPF"),
+    ],
+)
+async def test_bad_offers_are_refused_with_their_status(
+    wire: WireValidator, body: str, headers: dict[str, str], status: int, says: str
+) -> None:
+    async with running_gateway(wire, webrtc=LOOPBACK) as (base, host):
+        got, text = await _post_offer(base, body, **headers)
+        assert (got, says in text) == (status, True), text
+        assert not host.calls
+
+
+async def test_a_call_token_is_single_use(wire: WireValidator) -> None:
+    async with running_gateway(wire, webrtc=LOOPBACK) as (base, _host):
+        first = WebRTCCaller(base)
+        assert await first.dial() == 201
+        again = WebRTCCaller(base, token=first.token)
+        assert await again.dial() == 401
+        assert "already used" in again.answer_text
+        await first.hang_up()
+
+
+async def test_offers_past_the_rate_get_429(wire: WireValidator) -> None:
+    slow = WebRTCSettings(ice_addresses=("127.0.0.1",), offers_per_source_s=1.0)
+    async with running_gateway(wire, webrtc=slow) as (base, _host):
+        statuses = [(await _post_offer(base, "garbage"))[0] for _ in range(4)]
+        assert statuses[:2] == [400, 400] and 429 in statuses[2:]
+
+
+async def test_a_busy_cluster_answers_503_before_any_ice_work(wire: WireValidator) -> None:
+    async with running_gateway(wire, webrtc=LOOPBACK, capacity=1) as (base, _host):
+        first = WebRTCCaller(base)
+        assert await first.dial() == 201
+        second = WebRTCCaller(base)
+        assert await second.dial() == 503
+        assert "busy" in second.answer_text
+        await first.hang_up()
+
+
+async def test_the_token_endpoint_needs_the_secret_when_one_is_set(wire: WireValidator) -> None:
+    from services.config import Secret
+
+    guarded = WebRTCSettings(ice_addresses=("127.0.0.1",), token_secret=Secret("s3cret-value"))
+    async with running_gateway(wire, webrtc=guarded) as (base, _host):
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/webrtc/token") as reply:
+                assert reply.status == 401
+            auth = {"Authorization": "Bearer s3cret-value"}
+            async with http.post(f"{base}/webrtc/token", headers=auth) as reply:
+                assert reply.status == 200 and (await reply.json())["call_id"].startswith("rtc_")

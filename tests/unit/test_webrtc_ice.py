@@ -1,0 +1,49 @@
+"""The ICE hook: aioice still gathers through the function we replace, the configured addresses
+are the ones gathered, our configuration never falls back to a public STUN server, and answers
+advertise the outside address."""
+
+from __future__ import annotations
+
+import inspect
+
+import aioice.ice
+
+from services.config import WebRTCSettings
+from services.webrtc import ice
+
+
+def test_aioice_gathers_through_the_function_we_replace() -> None:
+    # If aioice renames get_host_addresses or stops calling it from gather_candidates, the hook
+    # would silently do nothing and loopback tests (and chosen addresses) would stop working.
+    assert "get_host_addresses(" in inspect.getsource(aioice.ice.Connection.gather_candidates)
+    assert callable(aioice.ice.get_host_addresses)
+
+
+def test_install_chooses_the_addresses_and_empty_restores_aioice() -> None:
+    try:
+        ice.install(("127.0.0.1", "::1"))
+        assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) == ["127.0.0.1"]
+        assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1", "::1"]
+    finally:
+        ice.install(())
+    assert aioice.ice.get_host_addresses is ice._original
+    assert "127.0.0.1" not in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)
+
+
+def test_no_ice_servers_unless_configured() -> None:
+    assert ice.rtc_configuration(WebRTCSettings()).iceServers == []
+    configured = ice.rtc_configuration(WebRTCSettings(ice_servers=("stun:stun.example:3478",)))
+    assert [s.urls for s in configured.iceServers] == ["stun:stun.example:3478"]
+
+
+def test_answers_advertise_the_outside_address_for_host_candidates() -> None:
+    answer = (
+        "v=0\r\nc=IN IP4 10.1.2.3\r\n"
+        "a=candidate:1 1 udp 2130706431 10.1.2.3 40000 typ host\r\n"
+        "a=candidate:2 1 udp 1694498815 198.51.100.9 40000 typ srflx raddr 10.1.2.3 rport 40000\r\n"
+    )
+    out = ice.advertise(answer, "203.0.113.5")
+    assert "c=IN IP4 203.0.113.5" in out
+    assert "a=candidate:1 1 udp 2130706431 203.0.113.5 40000 typ host" in out
+    assert "198.51.100.9 40000 typ srflx" in out  # a server-reflexive one is already outside
+    assert ice.advertise(answer, None) == answer

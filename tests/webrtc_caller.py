@@ -1,0 +1,141 @@
+"""A browser caller played by aiortc: it asks for a call token, offers audio and a data channel,
+streams a tone (or silence) in 20 ms frames, and measures what it hears back.
+
+It dials the way the call page does (``POST /webrtc/token``, then the offer to
+``/webrtc/calls`` with the token as bearer); run it in a loopback-only network namespace with
+the ICE hook on 127.0.0.1 (``services.webrtc.ice.install``), as the tests do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from services.webrtc import ice
+
+RATE = 48_000
+SAMPLES = 960  # 20 ms
+
+
+class ToneTrack(MediaStreamTrack):
+    """A paced 48 kHz mono source: a tone while ``speaking``, silence otherwise."""
+
+    kind = "audio"
+
+    def __init__(self, hz: float = 440.0) -> None:
+        super().__init__()
+        self.hz = hz
+        self.speaking = False
+        self._n = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        due = self._start + self._n * SAMPLES / RATE
+        if due > now:
+            await asyncio.sleep(due - now)
+        t = (np.arange(SAMPLES) + self._n * SAMPLES) / RATE
+        level = 0.3 if self.speaking else 0.0
+        pcm = (np.sin(2 * np.pi * self.hz * t) * level * 32767).astype(np.int16)
+        frame = av.AudioFrame(format="s16", layout="mono", samples=SAMPLES)
+        frame.planes[0].update(pcm.tobytes())
+        frame.sample_rate = RATE
+        frame.time_base = fractions.Fraction(1, RATE)
+        frame.pts = self._n * SAMPLES
+        self._n += 1
+        return frame
+
+
+class WebRTCCaller:
+    def __init__(self, base_url: str, *, token: str | None = None) -> None:
+        self.base_url = base_url
+        self.call_id = ""
+        self.token = token
+        self.source = ToneTrack()
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.channel: Any = None
+        self.messages: list[dict[str, Any]] = []
+        self.received_frames = 0
+        self.loud_frames = 0  # frames with audible audio (the agent speaking)
+        self.closed_reason: str | None = None
+        self.answer_status = 0
+        self.answer_text = ""
+        self._tasks: set[asyncio.Task[None]] = set()
+        ice.install(("127.0.0.1",))
+
+    async def fetch_token(self, http: aiohttp.ClientSession) -> None:
+        async with http.post(f"{self.base_url}/webrtc/token") as reply:
+            body = await reply.json()
+        self.token, self.call_id = body["token"], body["call_id"]
+
+    async def dial(self) -> int:
+        """Offer; returns the HTTP status of the answer (201 when the call is up)."""
+        async with aiohttp.ClientSession() as http:
+            if self.token is None:
+                await self.fetch_token(http)
+            self.pc.addTrack(self.source)
+            self.channel = self.pc.createDataChannel("callray")
+            self.channel.on("message", self._on_message)
+            self.pc.on("track", self._on_track)
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+            headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {self.token}"}
+            async with http.post(
+                f"{self.base_url}/webrtc/calls", data=self.pc.localDescription.sdp, headers=headers
+            ) as reply:
+                self.answer_status = reply.status
+                self.answer_text = await reply.text()
+                location = reply.headers.get("Location", "")
+        if self.answer_status != 201:
+            await self.pc.close()
+            return self.answer_status
+        self.call_id = location.rsplit("/", 1)[-1]
+        await self.pc.setRemoteDescription(RTCSessionDescription(self.answer_text, "answer"))
+        return self.answer_status
+
+    def _on_message(self, message: Any) -> None:
+        if isinstance(message, str):
+            event = json.loads(message)
+            self.messages.append(event)
+            if event.get("type") == "call.ended":
+                self.closed_reason = event.get("reason")
+
+    def _on_track(self, track: Any) -> None:
+        task = asyncio.ensure_future(self._listen(track))
+        self._tasks.add(task)
+
+    async def _listen(self, track: Any) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.received_frames += 1
+            pcm = frame.to_ndarray()
+            if np.abs(pcm).max() > 500:
+                self.loud_frames += 1
+
+    async def hang_up(self) -> None:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.base_url}/webrtc/calls/{self.call_id}/hangup") as reply,
+        ):
+            await reply.read()
+        await self.close()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.pc.close()
