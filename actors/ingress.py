@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import AsyncIterator
 
 from actors import _ray
 from services.config import GatewaySettings, MediaSettings
@@ -12,7 +13,9 @@ from services.errors import ActorGone
 from services.gateway.app import Gateway
 from services.gateway.token_ledger import RedisTokenLedger
 from services.observability import logs
+from services.redis_client import connect as connect_redis
 from services.telephony.stream_tokens import StreamTokens
+from services.toolbus.call_events import CallEvent, tail_events
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,9 @@ class IngressActor:
             ledger=self._ledger,
             media=media,
             ready_checks=[self._router_has_room],
+            call_events=self._tail_events if redis_url else None,
         )
+        self._redis_url = redis_url
         self._settings = settings
         self.port = 0
 
@@ -50,6 +55,16 @@ class IngressActor:
         self.port = await self.gateway.listen(self._settings.host, self._settings.port)
         logger.info("gateway listening on %s:%d", self._settings.host, self.port)
         return self.port
+
+    async def _tail_events(self) -> AsyncIterator[CallEvent]:
+        """The call-event stream from now on (for the call page's transcript)."""
+        assert self._redis_url is not None
+        redis = connect_redis(self._redis_url)
+        try:
+            async for event in tail_events(redis):
+                yield event
+        finally:
+            await redis.aclose()
 
     async def _router_has_room(self) -> str | None:
         """Readiness: the router answers within a second and the cluster has a free seat."""

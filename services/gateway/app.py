@@ -14,12 +14,14 @@ request (:mod:`.connection_guard`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from services.config import GatewaySettings, MediaSettings
+from services.gateway.call_feed import CallFeed
 from services.gateway.connection_guard import guard_connections
 from services.gateway.ingress_core import IngressCore, RouterPort
 from services.gateway.token_ledger import LocalTokenLedger, TokenLedger
@@ -28,6 +30,8 @@ from services.gateway.webrtc_ingress import WebRTCIngress
 from services.media.channel_client import Locate
 from services.observability import metrics
 from services.telephony.stream_tokens import StreamTokens
+
+CALL_PAGE = Path(__file__).with_name("static") / "call.html"
 
 
 class Gateway:
@@ -42,6 +46,8 @@ class Gateway:
         ledger: TokenLedger | None = None,
         media: MediaSettings | None = None,
         ready_checks: list[Callable[[], Awaitable[str | None]]] | None = None,
+        # The cluster's call-event stream (a tail of it), for the call page's transcript.
+        call_events: Callable[[], AsyncIterator[Any]] | None = None,
     ) -> None:
         self.ingress_id = ingress_id
         self.settings = settings
@@ -62,7 +68,10 @@ class Gateway:
         self.twilio = TwilioIngress(
             self.core, settings, tokens, ledger, media=media, draining=lambda: self.draining
         )
-        self.webrtc = WebRTCIngress(self.core, settings, tokens, draining=lambda: self.draining)
+        self.feed = CallFeed(call_events) if call_events is not None else None
+        self.webrtc = WebRTCIngress(
+            self.core, settings, tokens, draining=lambda: self.draining, feed=self.feed
+        )
 
     async def listen(self, host: str, port: int) -> int:
         """Serve on ``host:port`` (0: a free port) with the connection guard; returns the port."""
@@ -84,13 +93,21 @@ class Gateway:
         app = web.Application(client_max_size=1024 * 1024)
         self.twilio.routes(app)
         self.webrtc.routes(app)
+        app.router.add_get("/", self.page)
+        app.router.add_get("/call", self.page)
         app.router.add_get("/healthz", self.health)
         app.router.add_get("/readyz", self.ready)
         app.router.add_get("/metrics", self.metrics)
         app.on_cleanup.append(self._cleanup)
         return app
 
+    async def page(self, _request: web.Request) -> web.FileResponse:
+        """The call page: a browser calls the agent over WebRTC (no CDN, no build step)."""
+        return web.FileResponse(CALL_PAGE, headers={"Cache-Control": "no-cache"})
+
     async def _cleanup(self, _app: web.Application) -> None:
+        if self.feed is not None:
+            await self.feed.close()
         await self.webrtc.close()
         await self.core.close()
         await self.twilio.close()

@@ -12,7 +12,9 @@ with the other:
   offer is rate-limited per address (429), sized (413), typed (415), its token checked (401),
   its SDP checked (400, :mod:`services.webrtc.offer`) and the call admitted by the router (503
   with ``Retry-After`` when busy);
-* ``POST /webrtc/calls/{id}/hangup``: the page's hang-up button, and its ``pagehide`` beacon.
+* ``POST /webrtc/calls/{id}/hangup``: the page's hang-up button, and its ``pagehide`` beacon;
+* ``GET /webrtc/calls/{id}/events``: the call's transcript as server-sent events, for the page
+  (:mod:`.call_feed`; only where the ingress has the cluster's call-event stream).
 
 A call also ends when its data channel closes, when ICE and DTLS have not connected within
 ``connect_s`` (``ice_failed``), when the caller's audio stops for ``silence_s`` (a closed tab is
@@ -34,6 +36,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from services.config import GatewaySettings, WebRTCSettings
 from services.errors import SdpError, StreamTokenError
+from services.gateway.call_feed import CallFeed
 from services.gateway.front_door import SourceRate
 from services.gateway.ingress_core import Busy, IngressCore, Refused
 from services.media.vocabulary import (
@@ -202,8 +205,10 @@ class WebRTCIngress:
         tokens: StreamTokens,
         *,
         draining: Any = lambda: False,
+        feed: CallFeed | None = None,
     ) -> None:
         self._core = core
+        self._feed = feed
         self._settings = settings
         self._webrtc = settings.webrtc
         self._tokens = tokens
@@ -225,6 +230,7 @@ class WebRTCIngress:
         app.router.add_post("/webrtc/token", self.token)
         app.router.add_post("/webrtc/calls", self.offer)
         app.router.add_post("/webrtc/calls/{call_id}/hangup", self.hangup)
+        app.router.add_get("/webrtc/calls/{call_id}/events", self.events)
 
     async def close(self) -> None:
         for leg in list(self.legs.values()):
@@ -339,3 +345,22 @@ class WebRTCIngress:
             return web.json_response({"error": "no such call"}, status=404)
         leg.caller_gone("caller_hangup")
         return web.json_response({"ok": True})
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        leg = self.legs.get(request.match_info["call_id"])
+        if leg is None or self._feed is None:
+            return web.json_response({"error": "no such call or no event feed"}, status=404)
+        reply = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await reply.prepare(request)
+        async with self._feed.subscribe(leg.call_id) as queue:
+            while not leg.finished.is_set():
+                try:
+                    async with asyncio.timeout(10.0):
+                        event = await queue.get()
+                except TimeoutError:
+                    await reply.write(b": keep-alive\n\n")  # proxies close idle streams
+                    continue
+                await reply.write(f"data: {json.dumps(event)}\n\n".encode())
+        return reply

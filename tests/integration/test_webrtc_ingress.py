@@ -123,3 +123,14 @@ async def test_the_token_endpoint_needs_the_secret_when_one_is_set(wire: WireVal
             auth = {"Authorization": "Bearer s3cret-value"}
             async with http.post(f"{base}/webrtc/token", headers=auth) as reply:
                 assert reply.status == 200 and (await reply.json())["call_id"].startswith("rtc_")
+
+
+async def test_the_call_page_is_served_at_the_root(wire: WireValidator) -> None:
+    async with running_gateway(wire, webrtc=LOOPBACK) as (base, _host):
+        async with aiohttp.ClientSession() as http:
+            for path in ("/", "/call"):
+                async with http.get(f"{base}{path}") as reply:
+                    page = await reply.text()
+                    assert reply.status == 200 and reply.content_type == "text/html"
+                    assert "/webrtc/calls" in page and "sendBeacon" in page
+                    assert "http://" not in page and "https://" not in page  # no CDN
