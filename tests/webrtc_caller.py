@@ -27,7 +27,8 @@ SAMPLES = 960  # 20 ms
 
 
 class ToneTrack(MediaStreamTrack):
-    """A paced 48 kHz mono source: a tone while ``speaking``, silence otherwise."""
+    """A paced 48 kHz mono source: what :meth:`say` queued, else a tone while ``speaking``,
+    else silence."""
 
     kind = "audio"
 
@@ -35,6 +36,7 @@ class ToneTrack(MediaStreamTrack):
         super().__init__()
         self.hz = hz
         self.speaking = False
+        self._queued = np.zeros(0, dtype=np.int16)
         self._n = 0
         self._start: float | None = None
 
@@ -47,9 +49,15 @@ class ToneTrack(MediaStreamTrack):
         due = self._start + self._n * SAMPLES / RATE
         if due > now:
             await asyncio.sleep(due - now)
-        t = (np.arange(SAMPLES) + self._n * SAMPLES) / RATE
-        level = 0.3 if self.speaking else 0.0
-        pcm = (np.sin(2 * np.pi * self.hz * t) * level * 32767).astype(np.int16)
+        if len(self._queued):
+            pcm = np.zeros(SAMPLES, dtype=np.int16)
+            take = self._queued[:SAMPLES]
+            pcm[: len(take)] = take
+            self._queued = self._queued[SAMPLES:]
+        else:
+            t = (np.arange(SAMPLES) + self._n * SAMPLES) / RATE
+            level = 0.3 if self.speaking else 0.0
+            pcm = (np.sin(2 * np.pi * self.hz * t) * level * 32767).astype(np.int16)
         frame = av.AudioFrame(format="s16", layout="mono", samples=SAMPLES)
         frame.planes[0].update(pcm.tobytes())
         frame.sample_rate = RATE
@@ -57,6 +65,10 @@ class ToneTrack(MediaStreamTrack):
         frame.pts = self._n * SAMPLES
         self._n += 1
         return frame
+
+    def say(self, pcm48: np.ndarray) -> None:
+        """Queue 48 kHz mono PCM to send next."""
+        self._queued = np.concatenate([self._queued, pcm48.astype(np.int16)])
 
 
 class WebRTCCaller:
@@ -70,6 +82,8 @@ class WebRTCCaller:
         self.messages: list[dict[str, Any]] = []
         self.received_frames = 0
         self.loud_frames = 0  # frames with audible audio (the agent speaking)
+        self.first_loud = -1  # index of the first and the latest audible frame received
+        self.last_loud = -1
         self.closed_reason: str | None = None
         self.answer_status = 0
         self.answer_text = ""
@@ -126,6 +140,18 @@ class WebRTCCaller:
             pcm = frame.to_ndarray()
             if np.abs(pcm).max() > 500:
                 self.loud_frames += 1
+                if self.first_loud < 0:
+                    self.first_loud = self.received_frames
+                self.last_loud = self.received_frames
+
+    @property
+    def heard_span_ms(self) -> int:
+        """From the first audible frame to the latest: how much of the agent's speech (pauses
+        included) this caller has heard."""
+        return 0 if self.first_loud < 0 else (self.last_loud - self.first_loud + 1) * 20
+
+    async def send_dtmf(self, digit: str) -> None:
+        self.channel.send(json.dumps({"type": "dtmf", "digit": digit}))
 
     async def hang_up(self) -> None:
         async with (

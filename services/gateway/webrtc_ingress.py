@@ -42,6 +42,7 @@ from services.gateway.ingress_core import Busy, IngressCore, Refused
 from services.media.vocabulary import (
     AudioDone,
     CallSpec,
+    Dtmf,
     Hangup,
     PlayAudio,
     PlaybackCut,
@@ -59,6 +60,8 @@ from services.webrtc.track import PacedTrack, read_caller
 logger = logging.getLogger(__name__)
 
 CALL_PREFIX = "rtc_"
+MAX_PAGE_MESSAGE = 1024
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
 class WebRTCLeg:
@@ -125,6 +128,23 @@ class WebRTCLeg:
         self.frames_in += 1
         self._core.caller_audio(self.call_id, pcm)
 
+    def _page_message(self, message: object) -> None:
+        """What the page sends on the data channel: ``{"type": "dtmf", "digit": "5"}`` (its
+        keypad). Anything else — not JSON, too large, unknown — is dropped and counted."""
+        try:
+            if not isinstance(message, str) or len(message) > MAX_PAGE_MESSAGE:
+                raise ValueError("not a short text message")
+            event = json.loads(message)
+            if not isinstance(event, dict) or event.get("type") != "dtmf":
+                raise ValueError("unknown message")
+            digit = event.get("digit")
+            if not isinstance(digit, str) or digit not in DTMF_DIGITS:
+                raise ValueError("not a DTMF digit")
+        except (ValueError, RecursionError):
+            metrics.front_door_refused("webrtc_page_message")
+            return
+        self._core.caller_input(self.call_id, Dtmf(digit))
+
     def _tell_page(self, message: dict[str, str]) -> None:
         channel = self.channel
         if channel is not None and channel.readyState == "open":
@@ -149,6 +169,7 @@ class WebRTCLeg:
         def on_datachannel(channel: Any) -> None:
             self.channel = channel
             channel.on("close", lambda: self.caller_gone("caller_hangup"))
+            channel.on("message", self._page_message)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:

@@ -4,6 +4,19 @@ An adapter joins the suite by adding its caller here and its name to :data:`ADAP
 caller dials the way that provider's network would, streams paced audio, plays what it receives
 and acknowledges playback the provider's way, and can misbehave on purpose (a malformed frame,
 an oversize frame, a message out of order).
+
+Audio figures are in bytes of 8 kHz μ-law (8 per ms) whatever the adapter's codec, so the suite
+reads one unit. What a provider cannot do is declared in the caller's ``capabilities``, and
+the suite checks the adapter's own behaviour there instead:
+
+* ``hold``: the caller controls playback and acknowledges it per item (Twilio's marks), so the
+  heard point is exact and a caller can hear nothing of queued audio. A browser hears what our
+  paced track sends; its heard point is checked within a jitter buffer's tolerance;
+* ``provider_control``: hang-up and transfer go through the provider's REST API (a browser call
+  cannot be transferred: it ends ``transfer_unsupported``);
+* ``busy_tone``: a refused call hears a busy signal (a browser's offer gets 503 instead);
+* ``stream_errors``: bad frames on the media socket end that call (a browser's bad input is
+  refused at its offer, tests/integration/test_webrtc_ingress.py).
 """
 
 from __future__ import annotations
@@ -11,15 +24,19 @@ from __future__ import annotations
 import uuid
 from typing import Protocol
 
+import numpy as np
 from twilio.request_validator import RequestValidator
 
+from services.telephony.g711 import ulaw_decode
 from tests.twilio_caller import TwilioCaller
+from tests.webrtc_caller import WebRTCCaller
 
-ADAPTERS = ["twilio"]
+ADAPTERS = ["twilio", "webrtc"]
 AUTH_TOKEN = "conformance-auth-token"
 
 
 class Caller(Protocol):
+    capabilities: frozenset[str]
     call_id: str
     received_audio: int  # bytes of model audio received
     played_audio: int  # bytes of it played (caller-side clock)
@@ -55,6 +72,8 @@ def _signed(url: str, params: dict[str, str]) -> dict[str, str]:
 
 class ConformingTwilioCaller(TwilioCaller):
     """Twilio: a signed webhook, ``<Connect><Stream>``, μ-law media, marks, ``clear``."""
+
+    capabilities = frozenset({"hold", "provider_control", "busy_tone", "stream_errors"})
 
     def __init__(self, base_url: str) -> None:
         super().__init__(base_url, sign=_signed)
@@ -93,7 +112,64 @@ class ConformingTwilioCaller(TwilioCaller):
         )
 
 
+class ConformingWebRTCCaller(WebRTCCaller):
+    """A browser: a call token, an SDP offer, Opus both ways, a data channel (DTMF, the end)."""
+
+    capabilities: frozenset[str] = frozenset()
+    clears = 0  # a browser sees no clear: the agent's audio stops
+    closed_code: int | None = None
+
+    @property
+    def received_audio(self) -> int:
+        return self.loud_frames * 20 * 8
+
+    @property
+    def played_audio(self) -> int:
+        return self.received_audio
+
+    @property
+    def acked(self) -> dict[str, int]:
+        return {}
+
+    @property
+    def acked_at_clear(self) -> dict[str, int]:
+        return {}
+
+    async def dial(self) -> object:
+        status = await super().dial()
+        if status == 503:
+            self.closed_reason = "busy"
+        elif status != 201:
+            raise AssertionError(f"offer refused: {status} {self.answer_text}")
+        return status
+
+    def speak(self, audio: bytes, *, hold_playback: bool = False) -> None:
+        pcm8 = ulaw_decode(audio).astype(np.float64)
+        at = np.arange(len(pcm8) * 6) / 6  # 8 kHz -> 48 kHz
+        self.source.say(np.interp(at, np.arange(len(pcm8)), pcm8).astype(np.int16))
+
+    def hold(self) -> None:
+        raise NotImplementedError("a browser caller cannot hold playback")
+
+    async def hang_up(self) -> None:
+        if self.answer_status == 201:
+            await super().hang_up()
+        else:
+            await self.close()
+
+    async def send_malformed(self) -> None:
+        raise NotImplementedError
+
+    async def send_oversize(self) -> None:
+        raise NotImplementedError
+
+    async def send_out_of_order(self) -> None:
+        raise NotImplementedError
+
+
 def make_caller(adapter: str, base_url: str) -> Caller:
     if adapter == "twilio":
         return ConformingTwilioCaller(base_url)
+    if adapter == "webrtc":
+        return ConformingWebRTCCaller(base_url)
     raise ValueError(f"no simulated caller for adapter {adapter!r}")
