@@ -54,7 +54,9 @@ def _model_command(args: argparse.Namespace) -> int:
 def _up_command(args: argparse.Namespace) -> int:
     from services.up import run_up
 
-    return run_up(load_settings())
+    # The call page opens in a browser for a person at a terminal; never under CI or a pipe.
+    interactive = sys.stdout.isatty() and not os.environ.get("CI")
+    return run_up(load_settings(), open_browser=interactive and not args.no_browser)
 
 
 def _redis_url_for_tools(data_dir: str) -> str:
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.set_defaults(run=_model_command)
 
     up = sub.add_parser("up", help="run the whole system on embedded defaults")
+    up.add_argument("--no-browser", action="store_true", help="do not open the call page")
     up.set_defaults(run=_up_command)
 
     from services.loadgen.cli import add_loadtest_parser

@@ -109,7 +109,18 @@ def _drain(cluster: Any, signals: _Signals, timeout_s: float) -> None:
             return
 
 
-def run_up(settings: Settings) -> int:
+def _open_page(url: str) -> None:
+    """The call page in the user's browser, when there is one (best effort: a server has none)."""
+    import webbrowser
+
+    try:
+        if webbrowser.open(url):
+            logger.info("opened the call page in a browser: %s", url)
+    except Exception as exc:  # no display, no browser: the URL is printed above
+        logger.info("could not open a browser (%s); the call page is at %s", exc, url)
+
+
+def run_up(settings: Settings, *, open_browser: bool = False) -> int:
     rt = settings.runtime
     data_dir = Path(rt.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -188,6 +199,7 @@ def run_up(settings: Settings) -> int:
 
         port = cluster.add_ingress("ingress-0", settings.gateway, rt.media)
         base = settings.gateway.public_url or f"http://{settings.gateway.host}:{port}"
+        lines.append(f"call page {base}/   (talk to the agent from a browser)")
         lines.append(f"twilio    POST {base}/twilio/voice  (media: /twilio/media)")
 
         server = metrics.serve_metrics(rt.metrics_port)
@@ -200,6 +212,8 @@ def run_up(settings: Settings) -> int:
         supervisor.start()
         signals = _Signals()  # after ray.init, which installs handlers of its own
         print("callray is up\n  " + "\n  ".join(lines) + "\n  Ctrl-C stops everything.", flush=True)
+        if open_browser:
+            _open_page(f"{base}/")
         signals.wait()
         print(f"callray: {signals.received[0]} received, stopping", flush=True)
         supervisor.stop()  # a drain is not a death: replace nothing from here on
