@@ -52,7 +52,7 @@ from services.media.vocabulary import (
 from services.observability import metrics
 from services.observability.log_limits import LogLimiter
 from services.telephony.stream_tokens import StreamTokens
-from services.webrtc import ice
+from services.webrtc import ice, jitter
 from services.webrtc.offer import MAX_OFFER_BYTES, CandidatePolicy, check_offer
 from services.webrtc.playout import Playout
 from services.webrtc.track import PacedTrack, read_caller
@@ -82,6 +82,7 @@ class WebRTCLeg:
         self.close_reason: str | None = None
         self.heard_at = time.monotonic()  # the caller's last audio
         self.frames_in = 0
+        self.jitter: jitter.AudioJitterBuffer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ----- MediaLeg ------------------------------------------------------------------------------
@@ -331,6 +332,12 @@ class WebRTCIngress:
             pc.addTrack(leg.track)
             leg.wire()
             await pc.setRemoteDescription(RTCSessionDescription(checked.sdp, "offer"))
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "audio":
+                    # Before any RTP, which flows only once ICE and DTLS are up. aiortc's own
+                    # buffer stays ~300 ms deep after one lost packet (bench/jitter.py).
+                    leg.jitter = jitter.AudioJitterBuffer(prefetch=1)
+                    jitter.install(transceiver.receiver, leg.jitter)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc refused what our check let through
             leg.caller_gone("bad_offer")

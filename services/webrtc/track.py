@@ -74,7 +74,11 @@ class PacedTrack(MediaStreamTrack):
 
 
 class Downmix:
-    """Decoded caller audio (any layout and rate aiortc gives) → mono 24 kHz PCM16 bytes."""
+    """Decoded caller audio (any layout and rate aiortc gives) → mono 24 kHz PCM16 bytes.
+
+    libswresample (PyAV's), chosen over soxr by bench/resample.py: 480 samples out per 20 ms
+    frame and 0.7 ms held back, where soxr's HQ holds ~21 ms and hands out ~830 samples every
+    other frame; both are clean, and the CPU difference is ~3 µs a frame."""
 
     def __init__(self) -> None:
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from services.config import WebRTCSettings
+from services.loadgen.webrtc_caller import WebRTCCaller
 from tests.integration.test_gateway import WAIT, running_gateway, until
-from tests.webrtc_caller import WebRTCCaller
 from tests.wire import WireValidator
 
 pytestmark = pytest.mark.integration

@@ -27,9 +27,9 @@ from typing import Protocol
 import numpy as np
 from twilio.request_validator import RequestValidator
 
+from services.loadgen.webrtc_caller import WebRTCCaller
 from services.telephony.g711 import ulaw_decode
 from tests.twilio_caller import TwilioCaller
-from tests.webrtc_caller import WebRTCCaller
 
 ADAPTERS = ["twilio", "webrtc"]
 AUTH_TOKEN = "conformance-auth-token"

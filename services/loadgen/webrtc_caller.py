@@ -3,7 +3,9 @@ streams a tone (or silence) in 20 ms frames, and measures what it hears back.
 
 It dials the way the call page does (``POST /webrtc/token``, then the offer to
 ``/webrtc/calls`` with the token as bearer); run it in a loopback-only network namespace with
-the ICE hook on 127.0.0.1 (``services.webrtc.ice.install``), as the tests do.
+the ICE hook on 127.0.0.1 (``services.webrtc.ice.install``), as the tests and
+``bench/webrtc.py`` do. Echo-mode frame tags do not survive Opus, so latency is timed by tone
+onsets: :attr:`WebRTCCaller.onsets` holds when audible audio began after a quiet spell.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from services.webrtc import ice
 
 RATE = 48_000
 SAMPLES = 960  # 20 ms
+QUIET_FRAMES = 10  # 200 ms without audible audio, then audible: an onset
 
 
 class ToneTrack(MediaStreamTrack):
@@ -36,6 +39,8 @@ class ToneTrack(MediaStreamTrack):
         super().__init__()
         self.hz = hz
         self.speaking = False
+        self.sent_onsets: list[float] = []  # when each tone began to go out
+        self._was_speaking = False
         self._queued = np.zeros(0, dtype=np.int16)
         self._n = 0
         self._start: float | None = None
@@ -55,6 +60,9 @@ class ToneTrack(MediaStreamTrack):
             pcm[: len(take)] = take
             self._queued = self._queued[SAMPLES:]
         else:
+            if self.speaking and not self._was_speaking:
+                self.sent_onsets.append(time.monotonic())
+            self._was_speaking = self.speaking
             t = (np.arange(SAMPLES) + self._n * SAMPLES) / RATE
             level = 0.3 if self.speaking else 0.0
             pcm = (np.sin(2 * np.pi * self.hz * t) * level * 32767).astype(np.int16)
@@ -84,6 +92,13 @@ class WebRTCCaller:
         self.loud_frames = 0  # frames with audible audio (the agent speaking)
         self.first_loud = -1  # index of the first and the latest audible frame received
         self.last_loud = -1
+        # Timings (time.monotonic): the click, the answer's arrival, the first audible frame,
+        # and every onset of audible audio after at least QUIET_FRAMES quiet frames.
+        self.clicked_at = 0.0
+        self.answered_at = 0.0
+        self.offer_s = 0.0  # the POST of the offer until its answer
+        self.first_audio_at = 0.0
+        self.onsets: list[float] = []
         self.closed_reason: str | None = None
         self.answer_status = 0
         self.answer_text = ""
@@ -97,6 +112,7 @@ class WebRTCCaller:
 
     async def dial(self) -> int:
         """Offer; returns the HTTP status of the answer (201 when the call is up)."""
+        self.clicked_at = time.monotonic()
         async with aiohttp.ClientSession() as http:
             if self.token is None:
                 await self.fetch_token(http)
@@ -106,12 +122,15 @@ class WebRTCCaller:
             self.pc.on("track", self._on_track)
             await self.pc.setLocalDescription(await self.pc.createOffer())
             headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {self.token}"}
+            posted = time.monotonic()
             async with http.post(
                 f"{self.base_url}/webrtc/calls", data=self.pc.localDescription.sdp, headers=headers
             ) as reply:
                 self.answer_status = reply.status
                 self.answer_text = await reply.text()
                 location = reply.headers.get("Location", "")
+        self.answered_at = time.monotonic()
+        self.offer_s = self.answered_at - posted
         if self.answer_status != 201:
             await self.pc.close()
             return self.answer_status
@@ -142,6 +161,9 @@ class WebRTCCaller:
                 self.loud_frames += 1
                 if self.first_loud < 0:
                     self.first_loud = self.received_frames
+                    self.first_audio_at = time.monotonic()
+                if self.received_frames - max(self.last_loud, 0) > QUIET_FRAMES:
+                    self.onsets.append(time.monotonic())
                 self.last_loud = self.received_frames
 
     @property
