@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(espeak-ng redis-server iproute2 util-linux)
+# Best effort, on its own: Debian's chromium drives tests/e2e (which skip without it); Ubuntu's
+# apt has only a snap stub, which must not stop the setup.
+OPTIONAL_APT_PACKAGES=(chromium)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -20,6 +23,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: run 'sudo apt-get install ${missing[*]}' for the full feature set (speech uses a tone without espeak-ng)"
   fi
 fi
+for pkg in "${OPTIONAL_APT_PACKAGES[@]}"; do
+  if ! dpkg -s "$pkg" >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "setup: installing $pkg (optional)"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+             --no-install-recommends "$pkg" >/dev/null; } \
+        || echo "setup: could not install $pkg; tests/e2e will skip"
+    else
+      echo "setup: $pkg is not installed: tests/e2e will skip (sudo apt-get install $pkg)"
+    fi
+  fi
+done
 
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

@@ -14,6 +14,7 @@ overrides it) for CI to keep.
 from __future__ import annotations
 
 import array
+import asyncio
 import math
 import os
 import secrets
@@ -27,11 +28,14 @@ import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import TIMEOUT_FACTOR
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,8 +47,29 @@ READY_LINE = "Ctrl-C stops everything"
 class Deployment:
     base: str
     log: Path
+    data_dir: Path
     # Server-side secrets set for the run: no page traffic may ever carry them.
     secrets: tuple[str, ...]
+
+    async def ended(self, call_id: str, within_s: float = 10.0) -> str:
+        """The reason of the call's ``call.ended`` event, from the call-event stream."""
+        import redis.asyncio as aioredis
+
+        from services.toolbus.call_events import CallEvent
+        from services.toolbus.streams import CALL_EVENTS_STREAM
+
+        redis = aioredis.from_url((self.data_dir / "redis.url").read_text().strip())
+        try:
+            deadline = time.monotonic() + within_s * TIMEOUT_FACTOR
+            while True:
+                for entry_id, fields in await redis.xrange(CALL_EVENTS_STREAM):
+                    event = CallEvent.from_entry(entry_id, fields)
+                    if event.call_id == call_id and event.kind == "call.ended":
+                        return event.fields["reason"]
+                assert time.monotonic() < deadline, f"no call.ended for {call_id}"
+                await asyncio.sleep(0.1)
+        finally:
+            await redis.aclose()
 
     def log_tail(self, lines: int = 60) -> str:
         text = self.log.read_text(errors="replace").splitlines()
@@ -57,10 +82,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_tone(path: Path, seconds: float = 3.0, hz: float = 440.0, rate: int = 48_000) -> Path:
-    """16-bit mono PCM, a steady tone at half scale: the fake microphone (Chromium loops it)."""
+def write_tone(
+    path: Path, seconds: float = 3.0, hz: float = 440.0, peak: float = 0.03, rate: int = 48_000
+) -> Path:
+    """16-bit mono PCM, a steady tone (Chromium loops the file). Its RMS, ``peak / sqrt(2)`` of
+    full scale, stays under the local model's speech threshold (0.05), so the agent's greeting
+    is not taken as interrupted, and over what the page's microphone meter shows."""
+    amplitude = peak * 32767
     samples = array.array(
-        "h", (int(16_000 * math.sin(2 * math.pi * hz * n / rate)) for n in range(int(seconds * rate)))
+        "h",
+        (
+            round(amplitude * math.sin(2 * math.pi * hz * n / rate))
+            for n in range(int(seconds * rate))
+        ),
     )
     if sys.byteorder != "little":
         samples.byteswap()
@@ -111,7 +145,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     log = tmp / "callray-up.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up"],
+            [sys.executable, "-m", "services.cli", "up", "--no-browser"],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -119,7 +153,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, for the kill of last resort
         )
-    up = Deployment(f"http://127.0.0.1:{port}", log, (stream_secret, twilio_token))
+    up = Deployment(f"http://127.0.0.1:{port}", log, tmp / "data", (stream_secret, twilio_token))
     try:
         deadline = time.monotonic() + 120 * TIMEOUT_FACTOR
         while READY_LINE not in log.read_text(errors="replace"):
@@ -147,7 +181,7 @@ def fake_microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def browser(fake_microphone: Path) -> AsyncIterator[Any]:
+async def browser(fake_microphone: Path) -> AsyncIterator[Browser]:
     """Headless Chromium with a granted fake microphone playing the tone, able to use loopback
     for WebRTC."""
     from playwright.async_api import async_playwright
