@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--loads", default="5,10", help="echo phase: concurrent calls")
     parser.add_argument("--rate", type=float, default=10.0, help="offers a second")
     parser.add_argument("--duration", type=float, default=20.0, help="echo phase, per load")
+    parser.add_argument("--phases", default="scripted,echo")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     from services import aio
@@ -187,18 +188,21 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "system": "callray up (its defaults), aiortc callers in the benchmark's process",
     }
-    up = Up(
-        Path(tempfile.mkdtemp(prefix="callray-webrtc-")), {**env, "CALLRAY_MODEL_MODE": "scripted"}
-    )
-    try:
-        up.wait_ready()
-        time.sleep(2.0)
-        result["scripted"] = aio.run(scripted_phase(up, args))
-        print(json.dumps(result["scripted"]), flush=True)
-    finally:
-        up.stop()
+    phases = args.phases.split(",")
+    if "scripted" in phases:
+        up = Up(
+            Path(tempfile.mkdtemp(prefix="callray-webrtc-")),
+            {**env, "CALLRAY_MODEL_MODE": "scripted"},
+        )
+        try:
+            up.wait_ready()
+            time.sleep(2.0)
+            result["scripted"] = aio.run(scripted_phase(up, args))
+            print(json.dumps(result["scripted"]), flush=True)
+        finally:
+            up.stop()
     result["echo"] = []
-    for load in (int(n) for n in args.loads.split(",")):
+    for load in (int(n) for n in args.loads.split(",") if "echo" in phases):
         up = Up(
             Path(tempfile.mkdtemp(prefix="callray-webrtc-")), {**env, "CALLRAY_MODEL_MODE": "echo"}
         )
