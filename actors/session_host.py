@@ -9,10 +9,11 @@ one), and registers itself with the router when started.
 from __future__ import annotations
 
 import logging
+import os
 
 from actors import _ray
 from services.agents.registry import load_agents
-from services.config import MediaSettings, ModelSettings
+from services.config import MediaSettings, ModelSettings, load_webrtc_settings
 from services.media.channel_server import MediaChannelServer
 from services.media.vocabulary import CallSpec
 from services.observability import logs
@@ -42,6 +43,11 @@ class SessionHostActor:
     ) -> None:
         media = media or MediaSettings()
         logs.configure_from_env()  # this actor's process: its entry point
+        if model.transport == "webrtc":
+            from services.webrtc import ice
+
+            # Calls to the model gather ICE where the browser ingress does (process-wide hook).
+            ice.install(load_webrtc_settings(os.environ).ice_addresses)
         self.host_id = host_id
         self._capacity = capacity
         self._redis = connect_redis(redis_url)

@@ -50,6 +50,9 @@ class ModelSettings:
     # A call whose model connection drops reconnects and replays its conversation for this
     # long (seconds) before it ends with ``model_unavailable``.
     reconnect_s: float = 10.0
+    # How sessions talk to the model: "websocket", or "webrtc" (OpenAIRealtimeWebRTC: Opus on
+    # tracks, events on a data channel; services/realtime/transports/webrtc.py).
+    transport: str = "websocket"
 
     @property
     def uses_local_model(self) -> bool:
@@ -202,7 +205,10 @@ def load_model_settings(env: Mapping[str, str]) -> ModelSettings:
         url = OPENAI_REALTIME_URL
     model = env.get("CALLRAY_MODEL", "").strip() or DEFAULT_MODEL
     reconnect_s = _float(env, "CALLRAY_MODEL_RECONNECT_S", 10.0)
-    return ModelSettings(api_key=Secret(key), url=url, model=model, reconnect_s=reconnect_s)
+    transport = _choice(env, "CALLRAY_MODEL_TRANSPORT", "websocket", ("websocket", "webrtc"))
+    return ModelSettings(
+        api_key=Secret(key), url=url, model=model, reconnect_s=reconnect_s, transport=transport
+    )
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:

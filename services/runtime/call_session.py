@@ -53,6 +53,7 @@ from services.realtime.playback import PlaybackTracker
 from services.realtime.session import REPLAY_ITEMS, RealtimeSession
 from services.realtime.tools import FunctionTool, ToolCall, ToolResult, ToolRunner
 from services.realtime.transports.base import TransportAudio
+from services.realtime.transports.webrtc import OpenAIRealtimeWebRTC
 from services.realtime.transports.websocket import OpenAIRealtimeWebSocket, WebSocketFactory
 from services.runtime.conversations import ConversationStore, Items, MemoryConversations
 from services.runtime.events import EventSink
@@ -148,9 +149,15 @@ class CallSession(CallControl):
         self._append_bytes = max(1, int(append_ms * per_ms))
         self._pending_audio = bytearray()
         # Playback is observed at the ingress, one hop away: truncations wait for its figure.
-        self.transport = OpenAIRealtimeWebSocket(
-            model=model.model, playback=self.tracker, create_websocket=create_websocket
-        )
+        self.transport: OpenAIRealtimeWebSocket | OpenAIRealtimeWebRTC
+        if model.transport == "webrtc":
+            # Over WebRTC the model truncates at what its track sent when we clear its buffer,
+            # not at what this call's caller heard (which the ingress knows only later).
+            self.transport = OpenAIRealtimeWebRTC(model=model.model, playback=self.tracker)
+        else:
+            self.transport = OpenAIRealtimeWebSocket(
+                model=model.model, playback=self.tracker, create_websocket=create_websocket
+            )
         self.transport.defer_truncation = True
         self._cut_timer: Cancellable | None = None
         self.session = RealtimeSession(
