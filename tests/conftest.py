@@ -17,3 +17,12 @@ def wire() -> Iterator[WireValidator]:
     validator = WireValidator()
     yield validator
     validator.check()
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (for a child process to bind)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import TIMEOUT_FACTOR
+from tests.conftest import TIMEOUT_FACTOR, free_port
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
@@ -76,12 +75,6 @@ class Deployment:
         return "\n".join(text[-lines:])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def write_tone(
     path: Path, seconds: float = 3.0, hz: float = 440.0, peak: float = 0.03, rate: int = 48_000
 ) -> Path:
@@ -111,14 +104,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     """``callray up`` for the module: one session host with room for one call, so a second
     call is busy; ICE on loopback; the local model, which greets first."""
     tmp = tmp_path_factory.mktemp("callray-up")
-    port = _free_port()
+    port = free_port()
     stream_secret = "e2e-stream-secret-" + secrets.token_hex(16)
     twilio_token = "e2e-twilio-token-" + secrets.token_hex(16)
     env = {
         **os.environ,
         "CALLRAY_DATA_DIR": str(tmp / "data"),
         "CALLRAY_PORT": str(port),
-        "CALLRAY_METRICS_PORT": str(_free_port()),
+        "CALLRAY_METRICS_PORT": str(free_port()),
         "CALLRAY_HOSTS": "1",
         "CALLRAY_HOST_CAPACITY": "1",
         "CALLRAY_CLUSTER_CAPACITY": "1",

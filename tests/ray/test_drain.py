@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -17,19 +16,13 @@ import aiohttp
 import psutil
 import pytest
 
-from tests.conftest import TIMEOUT_FACTOR
+from tests.conftest import TIMEOUT_FACTOR, free_port
 from tests.ray.test_up import _alive
 from tests.twilio_caller import TwilioCaller
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.slow]
 
 DRAIN_S = 3.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _readline_until(stream: asyncio.StreamReader, marker: str, limit_s: float) -> str:
@@ -44,12 +37,12 @@ async def _readline_until(stream: asyncio.StreamReader, marker: str, limit_s: fl
 
 
 async def test_sigterm_drains_then_says_goodbye_and_stops_clean(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "CALLRAY_DATA_DIR": str(tmp_path / "data"),
         "CALLRAY_PORT": str(port),
-        "CALLRAY_METRICS_PORT": str(_free_port()),
+        "CALLRAY_METRICS_PORT": str(free_port()),
         "CALLRAY_HOSTS": "1",
         "CALLRAY_EXECUTORS": "1",
         "CALLRAY_DRAIN_TIMEOUT_S": str(DRAIN_S),

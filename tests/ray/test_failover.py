@@ -74,19 +74,27 @@ async def system(ray_session: None, redis_url: str) -> AsyncIterator[System]:
     wire.check()
 
 
-async def test_calls_on_a_killed_host_move_and_go_on(system: System) -> None:
-    cluster = system.cluster
+async def _calls_and_the_busiest_host(
+    system: System, n: int
+) -> tuple[list[Caller], dict[str, str], str]:
+    """``n`` Twilio calls, each greeted; where each landed, and the host with most of them."""
     callers: list[Caller] = []
-    for _ in range(6):
+    for _ in range(n):
         caller = make_caller("twilio", system.base_url)
         await caller.dial()
         callers.append(caller)
     await until(lambda: all(c.received_audio >= 8 * 300 for c in callers), "every greeting")
+    router = system.cluster.router
     where = {
-        c.call_id: await asyncio.to_thread(_ray.call_sync, cluster.router, "host_of", c.call_id)
+        c.call_id: await asyncio.to_thread(_ray.call_sync, router, "host_of", c.call_id)
         for c in callers
     }
-    victim = max(set(where.values()), key=list(where.values()).count)
+    return callers, where, max(set(where.values()), key=list(where.values()).count)
+
+
+async def test_calls_on_a_killed_host_move_and_go_on(system: System) -> None:
+    cluster = system.cluster
+    callers, where, victim = await _calls_and_the_busiest_host(system, 6)
     survivor = next(h for h in cluster.hosts if h != victim)
     moving = [c for c in callers if where[c.call_id] == victim]
     staying = [c for c in callers if where[c.call_id] != victim]
@@ -161,17 +169,7 @@ def _events(system: System, call_id: str) -> list[dict[str, str]]:
 async def test_a_drain_past_its_deadline_moves_the_calls_to_another_host(system: System) -> None:
     cluster = system.cluster
     await asyncio.to_thread(cluster.add_host, "fo-spare", **cluster.spawn["host"])
-    callers: list[Caller] = []
-    for _ in range(4):
-        caller = make_caller("twilio", system.base_url)
-        await caller.dial()
-        callers.append(caller)
-    await until(lambda: all(c.received_audio >= 8 * 300 for c in callers), "every greeting")
-    where = {
-        c.call_id: await asyncio.to_thread(_ray.call_sync, cluster.router, "host_of", c.call_id)
-        for c in callers
-    }
-    victim = max(set(where.values()), key=list(where.values()).count)
+    callers, where, victim = await _calls_and_the_busiest_host(system, 4)
     moving = [c for c in callers if where[c.call_id] == victim]
     await until(lambda: not any(c.received_audio != c.played_audio for c in callers), "quiet")
     heard = {c.call_id: c.received_audio for c in callers}
