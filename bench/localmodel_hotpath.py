@@ -27,18 +27,29 @@ before the hot-path work (commit cdb01f1), measured by this same script::
     git archive cdb01f1 services | tar -x -C /tmp/base && cp -r bench /tmp/base/
     cd /tmp/base && /work/main/.venv/bin/python -m bench.localmodel_hotpath --baseline \\
         --out /work/main/bench/results/localmodel_hotpath.json
+
+``--compare-with DIR --pairs N`` compares the server process of another checkout (``DIR``, e.g.
+the commit before a change to the server) with this tree's: N pairs of runs, interleaved and in
+alternating order, as this box drifts by ~15 % an hour; the ratio of each pair's figures is
+what to read. It writes the ``server_comparison`` entry (engine runs are skipped)::
+
+    git archive 506d526 | tar -x -C /tmp/before
+    .venv/bin/python -m bench.localmodel_hotpath --compare-with /tmp/before --pairs 6
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import platform
 import statistics
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,9 +175,24 @@ async def _server_run(url: str, pid: int, sessions: int, seconds: float) -> dict
     }
 
 
-def bench_server(sessions: int, seconds: float) -> dict[str, Any]:
+@contextlib.contextmanager
+def _working_directory(tree: Path | None) -> Iterator[None]:
+    """Where ``python -m services.cli`` finds ``services``: another checkout, or this one."""
+    if tree is None:
+        yield
+        return
+    here = Path.cwd()
+    os.chdir(tree)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
+def bench_server(sessions: int, seconds: float, tree: Path | None = None) -> dict[str, Any]:
     model = ModelProcess(mode="echo", log=Path(tempfile.mkdtemp()) / "model.log")
-    url = model.start()
+    with _working_directory(tree):
+        url = model.start()
     assert model.pid is not None
     try:
         return aio.run(_server_run(url, model.pid, sessions, seconds))
@@ -183,7 +209,12 @@ def main() -> None:
     parser.add_argument("--server-repeats", type=int, default=3)
     parser.add_argument("--baseline", action="store_true", help="record as the baseline entry")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--compare-with", type=Path, help="another checkout's server (before)")
+    parser.add_argument("--pairs", type=int, default=6)
     args = parser.parse_args()
+    if args.compare_with is not None:
+        _write(args.out, {"server_comparison": compare(args)})
+        return
     steps = round(args.seconds / FRAME_S)
     runs = [bench_engine(args.sessions, steps) for _ in range(args.repeats)]
     us = [r[0] for r in runs]
@@ -211,21 +242,49 @@ def main() -> None:
             "cpu_us_per_append_median": statistics.median(per_append),
             "runs": server,
         }
-    result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result.update(
-        {
-            "benchmark": "localmodel_hotpath",
-            "sessions": args.sessions,
-            "engine_appends_per_run": appends,
-            "engine_repeats": args.repeats,
-            "server_seconds_per_run": args.server_seconds,
-        }
-    )
-    result["baseline" if args.baseline else "current"] = entry
+    result = {
+        "benchmark": "localmodel_hotpath",
+        "sessions": args.sessions,
+        "engine_appends_per_run": appends,
+        "engine_repeats": args.repeats,
+        "server_seconds_per_run": args.server_seconds,
+        "baseline" if args.baseline else "current": entry,
+    }
+    _write(args.out, result)
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Server CPU per append of ``--compare-with``'s tree (before) and this one (after), in
+    ``--pairs`` interleaved pairs."""
+    before: list[float] = []
+    after: list[float] = []
+    for pair in range(args.pairs):
+        order = [(args.compare_with, before), (None, after)]
+        for tree, runs in order if pair % 2 == 0 else order[::-1]:
+            run = bench_server(args.sessions, args.server_seconds, tree)
+            assert run["errors_received"] == 0 and run["deltas_received"] > 0
+            runs.append(run["server_cpu_us_per_append"])
+            print(f"pair {pair}: {'before' if tree else 'after'} {runs[-1]} us", flush=True)
+    ratios = [round(a / b, 3) for a, b in zip(after, before, strict=True)]
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "before_tree": str(args.compare_with),
+        "sessions": args.sessions,
+        "server_seconds_per_run": args.server_seconds,
+        "before_cpu_us_per_append": before,
+        "after_cpu_us_per_append": after,
+        "after_over_before": ratios,
+        "after_over_before_median": statistics.median(ratios),
+    }
+
+
+def _write(out: Path, update: dict[str, Any]) -> None:
+    result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    result.update(update)
     if "baseline" in result and "current" in result:
         result["reduction_pct"] = _reductions(result["baseline"], result["current"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -42,6 +42,7 @@ def _model_command(args: argparse.Namespace) -> int:
             f"callray local model: {server.url} (mode {settings.mode}, "
             f"scenario {settings.scenario or 'default'}, audio at {settings.speed:g}x real time)\n"
             f"  official client: AsyncOpenAI(base_url='{base}')\n"
+            f"  WebRTC calls: POST {server.calls_url}\n"
             "  Ctrl-C stops it.",
             flush=True,
         )

@@ -78,6 +78,9 @@ class LocalModelSettings:
     # A fault for tests and fault runs: close each connection with 1011 after this many client
     # events (0: never).
     drop_after_events: int = 0
+    # Where its WebRTC calls (POST /v1/realtime/calls) gather ICE candidates; empty: aioice's
+    # choice (every interface address but loopback). CALLRAY_WEBRTC_ICE_ADDRESSES.
+    ice_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -361,6 +364,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         local_model=LocalModelSettings(
             mode=_choice(source, "CALLRAY_MODEL_MODE", "scripted", ("scripted", "echo")),
             drop_after_events=_int(source, "CALLRAY_MODEL_DROP_AFTER", 0),
+            ice_addresses=load_webrtc_settings(source).ice_addresses,
         ),
         runtime=load_runtime_settings(source),
         gateway=load_gateway_settings(source),

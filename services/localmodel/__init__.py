@@ -1,7 +1,8 @@
 """Our OpenAI-Realtime-compatible (GA) model server, for offline development, tests and load tests.
 
-``RealtimeEngine`` is the sans-I/O per-connection state machine; ``LocalModelServer`` runs it over
-WebSockets; ``serve_forever`` is what ``callray model`` calls.
+``RealtimeEngine`` is the sans-I/O per-session state machine; ``LocalModelServer`` runs it over
+WebSockets and WebRTC (``POST /v1/realtime/calls``) on one port; ``serve_forever`` is what
+``callray model`` calls.
 """
 
 from .engine import RealtimeEngine

@@ -14,14 +14,16 @@ Behaviour follows reference/realtime-protocol.md (GA); where the reference is si
 - echo mode: appended audio is streamed back at once in an open "echo" response, which ends on
   commit, clear, cancel or speech stopped; VAD never interrupts an echo response and never
   creates another one (the echo is the answer), but its events are sent as usual;
-- ``output_audio_buffer.clear`` is WebRTC/SIP only and answered with an error here;
+- ``output_audio_buffer.clear`` is WebRTC/SIP only and answered with an error here (the WebRTC
+  adapter, which owns the output track, handles it before the engine sees it);
 - ``idle_timeout_ms`` is accepted and shown but never fires; ``max_output_tokens`` is shown in
   responses but never cuts one short; ``response.input`` is validated, then used only by echo
   mode (its last user item is echoed); response ``instructions`` are accepted and ignored.
 
 Public API: ``receive_frame``/``receive``, ``tick``, ``next_deadline``, ``take_events`` (or
-``take_frames``, the same events as the JSON text to send), ``speech_requests``; ``session`` (the
-effective session, ``None`` without one) and ``conversation`` are readable for tests.
+``take_frames``, the same events as the JSON text to send), ``speech_requests``; for a media
+track (WebRTC) ``append_audio`` and ``truncate_heard``; ``session`` (the effective session,
+``None`` without one) and ``conversation`` are readable for tests.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ import copy
 import itertools
 import logging
 import secrets
+from collections.abc import Sequence
 from typing import Any, Final, Literal
 
-from .audio import PCM, AudioFormat
+from .audio import PCM, AudioConverter, AudioFormat
 from .client_events import (
     AudioAppend,
     AudioClear,
@@ -73,6 +76,7 @@ MIN_COMMIT_MS: Final = 100
 SESSION_LIFETIME_S: Final = 3600
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 _UNSET: Final = object()
+_TRACK_APPEND: Final[dict[str, Any]] = {"type": "input_audio_buffer.append"}
 
 
 class RealtimeEngine:
@@ -88,6 +92,7 @@ class RealtimeEngine:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         unix_time: int = 0,
         unknown_call_id: str | None = None,
+        session_configs: Sequence[dict[str, Any]] = (),
     ) -> None:
         self.mode: Mode = mode
         self.speed = speed
@@ -102,6 +107,7 @@ class RealtimeEngine:
         self.session: dict[str, Any] | None = None
         self.conversation = Conversation(self.new_id("conv"))
         self.input = InputAudioBuffer(PCM, None)
+        self._track_audio = AudioConverter(PCM, PCM)  # track audio → the input format
         self.responder = Responder(
             mode=mode,
             player=ScriptPlayer(scenario or load_scenario()),
@@ -124,6 +130,10 @@ class RealtimeEngine:
             )
             return
         self.session = default_session(model, self.new_id("sess"), unix_time + SESSION_LIFETIME_S)
+        for config in session_configs:
+            # In order (an ephemeral key's, then the call's own); InvalidRequest propagates: the
+            # adapter refuses the session before it exists.
+            self.session = apply_session_update(self.session, config)
         self._apply_session()
         self._emit({"type": "session.created", "session": copy.deepcopy(self.session)})
 
@@ -167,6 +177,25 @@ class RealtimeEngine:
             return None
         self.receive(obj, now)
         return obj
+
+    def append_audio(self, pcm: bytes, now: float) -> None:
+        """Audio from a media track (PCM16 24 kHz mono, as :mod:`services.webrtc.track` reads
+        it), handled as an ``input_audio_buffer.append`` in the session's input format."""
+        if self._track_audio.dst != self.input.fmt:
+            self._track_audio = AudioConverter(PCM, self.input.fmt)
+        audio = self._track_audio.feed(pcm)
+        if audio:
+            self._receive(_TRACK_APPEND, AudioAppend(None, audio), now)
+
+    def truncate_heard(self, item_id: str, content_index: int, audio_end_ms: int) -> bool:
+        """Over WebRTC the server owns playback: cut an assistant item at what its track played
+        (reference/realtime-protocol.md, section 5.2). No event; ``False`` if the item cannot
+        be cut (gone, still being generated, or shorter)."""
+        try:
+            self.conversation.truncate(item_id, content_index, audio_end_ms)
+        except InvalidRequest:
+            return False
+        return True
 
     def receive(self, obj: dict[str, Any], now: float) -> None:
         """Handle one parsed client event. Never raises: problems become ``error`` events."""

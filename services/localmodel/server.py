@@ -1,54 +1,66 @@
-"""The WebSocket adapter that runs one :class:`RealtimeEngine` per connection.
+"""The HTTP front of the local model: one aiohttp app on one host and port, as OpenAI's API.
 
-Clients connect to ``ws://host:port/v1/realtime?model=...`` (or ``?call_id=...``) exactly as to
-OpenAI, e.g. ``AsyncOpenAI(api_key="x", base_url="http://host:port/v1").realtime.connect(...)``
-(reference/realtime-protocol.md, section 1). Other paths get HTTP 404 at the handshake; when
-``settings.api_key`` is set, a wrong or missing bearer (header, or the browser subprotocol
-``openai-insecure-api-key.<key>``) gets 401.
+* ``GET /v1/realtime?model=...`` (WebSocket): one :class:`RealtimeEngine` per connection
+  (:mod:`.ws_session`). Clients connect exactly as to OpenAI, e.g.
+  ``AsyncOpenAI(api_key="x", base_url="http://host:port/v1").realtime.connect(...)``
+  (reference/realtime-protocol.md, section 1). Browsers that offer the subprotocol
+  ``realtime`` get it.
+* ``POST /v1/realtime/calls`` (WebRTC signalling, :mod:`.webrtc_calls`): one engine per peer
+  connection, events on its ``oai-events`` channel and audio on its tracks
+  (:mod:`.webrtc_session`). On loopback, pass ``ice_addresses=("127.0.0.1",)``: aioice never
+  gathers 127.0.0.1 by itself (reference/webrtc-sip.md §2.2).
+* ``GET /v1/realtime?call_id=rtc_...`` (WebSocket) attaches a sideband to a live WebRTC session
+  (:mod:`.sideband`); an unknown ``call_id`` gets a connection with no session, as OpenAI's.
+* ``POST /v1/realtime/client_secrets`` mints ephemeral ``ek_`` keys (:mod:`.client_secrets`).
 
-Each connection has one task: it waits for the next client frame, the engine's next deadline or
-a finished speech rendering, feeds the engine, and sends what the engine emitted (as the engine
-serialised it). It reads the socket itself: a reader task and a queue between them would cost two
-task switches on every 20 ms frame of a call. Nothing one connection does (bad input, an
-exception) reaches another: the engine turns bad input into ``error`` events, and the handler of
-each connection catches its own failures.
+Other paths get 404; when ``settings.api_key`` is set, a request without it (or an ephemeral
+key minted from it) gets 401 (:mod:`.auth`).
+
+Why aiohttp: the ``websockets`` server parses only GET, and WebRTC signalling is a POST on the
+same port. aiohttp serves both from one app, and its WebSocket path costs no more per 20 ms
+frame than ``websockets``' did (bench/localmodel_hotpath.py; the figures are in
+bench/results/localmodel_hotpath.json).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
-from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
-from websockets.typing import Subprotocol
+from aiohttp import web
 
 from services.config import LocalModelSettings
 from services.errors import ConfigError, UserError
+from services.webrtc import ice
 
+from .auth import Grant, KeyRing, bearer_candidates
+from .client_secrets import ClientSecrets
 from .engine import Mode, RealtimeEngine
 from .scenario import Scenario, load_scenario
+from .session_io import Observer, SessionIO
+from .sideband import run_sideband
 from .speech import SpeechSynthesizer
+from .webrtc_calls import CALLS_PATH, WebRTCCalls
+from .ws_session import run_websocket
 
 __all__ = ["LocalModelServer", "Observer", "serve_forever"]
 
 log = logging.getLogger(__name__)
 
-Observer = Callable[[str, dict[str, Any]], None]
 PATH: Final = "/v1/realtime"
 DEFAULT_MODEL: Final = "gpt-realtime"
 # The socket accepts messages 4x over our own limit, so an oversize event is answered with an
 # `error` event rather than a close (the engine checks `max_message_bytes`).
 WS_SIZE_FACTOR: Final = 4
+# How long stop() lets a client answer our close before dropping its connection.
+CLOSE_TIMEOUT_S: Final = 5.0
+# An SDP offer is a few KB; a session config with tools a few more.
+MAX_BODY_BYTES: Final = 256 * 1024
 
 
 def _check_settings(settings: LocalModelSettings) -> Mode:
@@ -63,14 +75,6 @@ def _check_settings(settings: LocalModelSettings) -> Mode:
     return "echo" if settings.mode == "echo" else "scripted"
 
 
-def _select_subprotocol(
-    connection: ServerConnection, offered: Sequence[Subprotocol]
-) -> Subprotocol | None:
-    # Browsers cannot set headers: they offer "realtime" plus a key subprotocol (section 1), and
-    # fail unless one is selected. Other clients offer none and must not be refused for it.
-    return Subprotocol("realtime") if "realtime" in offered else None
-
-
 class LocalModelServer:
     """Our OpenAI-Realtime-compatible (GA) model server on one host and port."""
 
@@ -81,49 +85,88 @@ class LocalModelServer:
         observer: Observer | None = None,
         speech: SpeechSynthesizer | None = None,
         scenario: Scenario | None = None,
+        ice_addresses: tuple[str, ...] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``ice_addresses``: where WebRTC sessions gather host candidates (process-wide, see
+        :func:`services.webrtc.ice.install`; None: ``settings.ice_addresses``); empty leaves
+        aioice's own choice alone.
+        ``clock`` (unix seconds) times ephemeral keys."""
         self.settings = settings
         self._mode = _check_settings(settings)
         self._observer = observer
         self._speech = speech or SpeechSynthesizer.default()
         self._scenario = scenario or load_scenario(settings.scenario)
-        self._server: Server | None = None
+        self._keys = KeyRing(settings.api_key.value)
+        self._clock = clock
+        self._session_updated_delay_s = 0.0
+        self._sockets: set[web.WebSocketResponse] = set()
+        if ice_addresses is None:
+            ice_addresses = settings.ice_addresses
+        self._ice_addresses = ice_addresses
+        self.calls = WebRTCCalls(
+            grant=self._grant,
+            engine=self._engine,
+            session_io=self._session_io,
+            ice_addresses=ice_addresses,
+        )
+        self._secrets = ClientSecrets(
+            self._keys, grant=self._grant, engine=self._engine, clock=clock
+        )
+        self._runner: web.AppRunner | None = None
         self._port = settings.port
+
+    # ----- knobs for tests ----------------------------------------------------------------
 
     def use_scenario(self, scenario: Scenario) -> None:
         """Play ``scenario`` in sessions connecting from now on (those open keep theirs)."""
         self._scenario = scenario
 
+    def delay_session_updated(self, seconds: float) -> None:
+        """A fault for sessions starting from now on: send each ``session.updated`` ``seconds``
+        late (``math.inf``: never; 0: at once, the default). Other events are not held."""
+        if seconds < 0 or math.isnan(seconds):
+            raise UserError(f"a delay must be >= 0 seconds, got {seconds}")
+        self._session_updated_delay_s = seconds
+
     async def drop_connections(self, code: int = 1011, reason: str = "server error") -> int:
         """Close every open session with ``code`` (a fault for tests: 1011 is what a server in
-        trouble sends); the server keeps listening. Returns how many were closed."""
-        connections = list(self._server.connections) if self._server is not None else []
-        await asyncio.gather(*(c.close(code, reason) for c in connections))
-        return len(connections)
+        trouble sends; WebRTC sessions have no code, their peer connection closes); the server
+        keeps listening. Returns how many were closed."""
+        sockets = list(self._sockets)
+        await asyncio.gather(*(ws.close(code=code, message=reason.encode()) for ws in sockets))
+        return len(sockets) + await self.calls.close_all(reason)
 
     # ----- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._server is not None:
+        if self._runner is not None:
             raise UserError("the local model server is already started")
-        self._server = await serve(
-            self._handle,
-            self.settings.host,
-            self.settings.port,
-            process_request=self._check_request,
-            select_subprotocol=_select_subprotocol,
-            max_size=self.settings.max_message_bytes * WS_SIZE_FACTOR,
-            compression=None,  # audio does not compress; deflate would only cost CPU
-        )
-        self._port = next(iter(self._server.sockets)).getsockname()[1]
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_get(PATH, self._websocket)
+        app.router.add_get(PATH + "/", self._websocket)
+        self.calls.add_routes(app.router)
+        self._secrets.add_routes(app.router)
+        if self._ice_addresses:
+            ice.install(self._ice_addresses)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT_S)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.settings.host, self.settings.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = runner.addresses[0][1]
         log.info("local model listening on %s (mode %s)", self.url, self._mode)
 
     async def stop(self) -> None:
-        if self._server is None:
+        runner, self._runner = self._runner, None
+        if runner is None:
             return
-        self._server.close()
-        await self._server.wait_closed()
-        self._server = None
+        # As a server going away does: 1001 to every session, then the port closes.
+        await self.drop_connections(1001, "server shutting down")
+        await runner.cleanup()
         await self._speech.close()
 
     async def __aenter__(self) -> LocalModelServer:
@@ -145,132 +188,87 @@ class LocalModelServer:
 
     @property
     def url(self) -> str:
+        return f"ws://{self._host_port}{PATH}"
+
+    @property
+    def calls_url(self) -> str:
+        """Where WebRTC offers go (``POST``)."""
+        return f"http://{self._host_port}{CALLS_PATH}"
+
+    @property
+    def _host_port(self) -> str:
         host = self.settings.host
         host = f"[{host}]" if ":" in host else host
-        return f"ws://{host}:{self.port}{PATH}"
+        return f"{host}:{self.port}"
 
-    # ----- handshake ----------------------------------------------------------------------
+    # ----- shared by the paths --------------------------------------------------------------
 
-    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path
-        if path.rstrip("/") != PATH:
-            return connection.respond(HTTPStatus.NOT_FOUND, f"Not found: use {PATH}\n")
-        key = self.settings.api_key.value
-        if not key:
-            return None
-        candidates = [request.headers.get("Authorization", "")]
-        for header in request.headers.get_all("Sec-WebSocket-Protocol"):
-            for protocol in header.split(","):
-                key_part = protocol.strip().removeprefix("openai-insecure-api-key.")
-                candidates.append(f"Bearer {key_part}")
-        expected = f"Bearer {key}".encode()
-        if any(hmac.compare_digest(c.strip().encode(), expected) for c in candidates):
-            return None
-        return connection.respond(HTTPStatus.UNAUTHORIZED, "Incorrect API key provided.\n")
+    def _grant(self, request: web.Request, *, subprotocols: bool = False) -> Grant | None:
+        offered = request.headers.getall("Sec-WebSocket-Protocol", []) if subprotocols else []
+        keys = bearer_candidates(request.headers.get("Authorization", ""), offered)
+        return self._keys.grant(keys, self._clock())
 
-    # ----- one connection -----------------------------------------------------------------
-
-    async def _handle(self, connection: ServerConnection) -> None:
-        loop = asyncio.get_running_loop()
-        assert connection.request is not None
-        query = parse_qs(urlsplit(connection.request.path).query)
-        call_id = query.get("call_id", [None])[0]
-        engine = RealtimeEngine(
+    def _engine(
+        self,
+        model: str | None,
+        session_configs: Sequence[dict[str, Any]] = (),
+        *,
+        call_id: str | None = None,
+    ) -> RealtimeEngine:
+        """A new session; InvalidRequest if ``session_configs`` (applied in order) are refused.
+        A config's model is the session's (a session's model never changes after it starts)."""
+        for config in session_configs:
+            if isinstance(config.get("model"), str):
+                model = config["model"]
+        return RealtimeEngine(
             mode=self._mode,
             scenario=self._scenario,
             speech=self._speech,
-            model=query.get("model", [DEFAULT_MODEL])[0] or DEFAULT_MODEL,
+            model=model or DEFAULT_MODEL,
             speed=self.settings.speed,
             chunk_ms=self.settings.chunk_ms,
             max_message_bytes=self.settings.max_message_bytes,
             unix_time=int(time.time()),
-            # This server creates every session at connect; it knows no calls to attach to.
             unknown_call_id=call_id,
+            session_configs=session_configs,
         )
-        wakeup = _Wakeup()
-        renders: set[asyncio.Task[None]] = set()
-        drop_after = self.settings.drop_after_events
-        received = 0
+
+    def _session_io(self) -> SessionIO:
+        return SessionIO(
+            self._speech,
+            self._observer,
+            session_updated_delay_s=self._session_updated_delay_s,
+        )
+
+    # ----- the WebSocket path -------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        grant = self._grant(request, subprotocols=True)
+        if grant is None:
+            return web.Response(status=401, text="Incorrect API key provided.\n")
+        ws = web.WebSocketResponse(
+            # Browsers cannot set headers: they offer "realtime" plus a key subprotocol
+            # (section 1), and fail unless one is selected. Other clients offer none.
+            protocols=("realtime",),
+            max_msg_size=self.settings.max_message_bytes * WS_SIZE_FACTOR,
+            compress=False,  # audio does not compress; deflate would only cost CPU
+            timeout=CLOSE_TIMEOUT_S,
+        )
+        await ws.prepare(request)
+        call_id = request.query.get("call_id")
+        call = self.calls.sessions.get(call_id) if call_id else None
+        self._sockets.add(ws)
         try:
-            await self._flush(connection, engine)
-            while True:
-                frame = await wakeup.next_frame(connection, engine.next_deadline(), bool(renders))
-                now = loop.time()
-                if frame is not None:
-                    received += 1
-                    if received == drop_after:
-                        await connection.close(1011, f"fault: dropped after {drop_after} events")
-                        return
-                    obj = engine.receive_frame(frame, now)
-                    if obj is not None:
-                        self._observe("client", obj)
-                else:
-                    engine.tick(now)
-                for text, voice in engine.speech_requests():
-                    task = asyncio.create_task(self._render(text, voice, wakeup))
-                    renders.add(task)
-                    task.add_done_callback(renders.discard)
-                await self._flush(connection, engine)
-        except ConnectionClosed:
-            pass
-        except Exception:
-            log.exception("local model: connection handler failed; closing this connection")
-            await connection.close(1011, "internal error")
+            if call is not None:
+                await run_sideband(ws, call)
+            else:
+                configs = [grant.session] if grant.session else []
+                # With a call_id this server does not know, the engine has no session.
+                engine = self._engine(request.query.get("model"), configs, call_id=call_id)
+                await run_websocket(ws, engine, self._session_io(), self.settings.drop_after_events)
         finally:
-            for task in list(renders):
-                task.cancel()
-
-    async def _render(self, text: str, voice: str, wakeup: _Wakeup) -> None:
-        await self._speech.render(text, voice)
-        wakeup.set()
-
-    async def _flush(self, connection: ServerConnection, engine: RealtimeEngine) -> None:
-        for text in engine.take_frames():
-            if self._observer is not None:
-                self._observe("server", json.loads(text))  # what the client will parse
-            await connection.send(text)
-
-    def _observe(self, direction: str, event: dict[str, Any]) -> None:
-        if self._observer is None:
-            return
-        try:
-            self._observer(direction, event)
-        except Exception:
-            log.exception("local model: observer failed on a %s event", direction)
-
-
-class _Wakeup:
-    """How a connection's task waits: for the next client frame, or until the engine is due a
-    tick (its deadline passed, or a speech rendering finished and :meth:`set` was called)."""
-
-    def __init__(self) -> None:
-        self._pending = False
-        self._timeout: asyncio.Timeout | None = None
-
-    def set(self) -> None:
-        self._pending = True
-        timeout = self._timeout
-        if timeout is not None and not timeout.expired():
-            # Interrupt the wait now; cancelling recv() loses no frame (websockets documents it).
-            timeout.reschedule(asyncio.get_running_loop().time())
-
-    async def next_frame(
-        self, connection: ServerConnection, deadline: float | None, rendering: bool
-    ) -> str | bytes | None:
-        """The next frame, or ``None`` for a tick. Raises ``ConnectionClosed`` at the end."""
-        if self._pending:
-            self._pending = False
-            return None
-        if deadline is None and not rendering:
-            return await connection.recv()  # the usual case (an echo has no pacing): no timer
-        try:
-            async with asyncio.timeout_at(deadline) as self._timeout:
-                return await connection.recv()
-        except TimeoutError:
-            self._pending = False
-            return None
-        finally:
-            self._timeout = None
+            self._sockets.discard(ws)
+        return ws
 
 
 async def serve_forever(

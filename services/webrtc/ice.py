@@ -34,21 +34,26 @@ _installed: tuple[str, ...] | None = None
 
 
 def install(addresses: tuple[str, ...]) -> None:
-    """Gather host candidates on ``addresses`` only (empty: aioice's own choice). Process-wide,
-    as aioice's choice is; the last call wins."""
+    """Gather host candidates on ``addresses`` only. Process-wide, as aioice's choice is: the
+    last non-empty call wins, and an empty one changes nothing (a component with no addresses
+    configured must not undo another's choice in the same process)."""
     global _installed
-    if addresses == _installed:
+    if not addresses or addresses == _installed:
         return
     _installed = addresses
-    if not addresses:
-        aioice.ice.get_host_addresses = _original
-        return
 
     def chosen(use_ipv4: bool, use_ipv6: bool) -> list[str]:
         return [a for a in addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = chosen
     logger.info("WebRTC gathers ICE candidates on %s", ", ".join(addresses))
+
+
+def reset() -> None:
+    """aioice's own choice again (tests)."""
+    global _installed
+    _installed = None
+    aioice.ice.get_host_addresses = _original
 
 
 def rtc_configuration(settings: WebRTCSettings) -> Any:

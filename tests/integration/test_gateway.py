@@ -31,6 +31,7 @@ from services.runtime.events import ListEventSink
 from services.runtime.host import CallHost
 from services.runtime.router import RouterCore
 from services.telephony.stream_tokens import StreamTokens
+from services.webrtc import ice
 from tests.conftest import TIMEOUT_FACTOR
 from tests.twilio_caller import TwilioCaller
 from tests.twilio_rest_stand_in import TwilioRestStandIn
@@ -86,14 +87,19 @@ async def running_gateway(
     api_base: str | None = None,
     mode: str = "scripted",
     capacity: int = 3,
+    model_transport: str = "websocket",
     **gateway_options: Any,
 ) -> AsyncIterator[tuple[str, CallHost]]:
     settings = LocalModelSettings(port=0, speed=4.0, scenario=scenario, mode=mode)
-    async with LocalModelServer(settings, observer=wire) as model:
+    # Over WebRTC both ends gather ICE on loopback (the hook is process-wide).
+    ice_addresses = ("127.0.0.1",) if model_transport == "webrtc" else ()
+    if ice_addresses:
+        ice.install(ice_addresses)
+    async with LocalModelServer(settings, observer=wire, ice_addresses=ice_addresses) as model:
         router = RouterCore(cluster_capacity=capacity, events=ListEventSink())
         host = CallHost(
             "h1",
-            model=ModelSettings(Secret(""), None, "gpt-realtime"),
+            model=ModelSettings(Secret(""), None, "gpt-realtime", transport=model_transport),
             model_url=model.url,
             agents=load_agents(),
             tool_runner=InProcessToolRunner(),

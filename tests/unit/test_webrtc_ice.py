@@ -19,13 +19,15 @@ def test_aioice_gathers_through_the_function_we_replace() -> None:
     assert callable(aioice.ice.get_host_addresses)
 
 
-def test_install_chooses_the_addresses_and_empty_restores_aioice() -> None:
+def test_install_chooses_the_addresses_and_empty_changes_nothing() -> None:
     try:
         ice.install(("127.0.0.1", "::1"))
         assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) == ["127.0.0.1"]
         assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1", "::1"]
+        ice.install(())  # another component with nothing configured, in the same process
+        assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) == ["127.0.0.1"]
     finally:
-        ice.install(())
+        ice.reset()
     assert aioice.ice.get_host_addresses is ice._original
     assert "127.0.0.1" not in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)
 

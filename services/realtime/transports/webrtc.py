@@ -106,6 +106,7 @@ class OpenAIRealtimeWebRTC(OpenAIRealtimeBase):
         self._speaking: tuple[str, str] | None = None  # (response id, item id) on the track
         self._assistant_item: tuple[str, str] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closers: set[asyncio.Task[None]] = set()
         self._grace: asyncio.TimerHandle | None = None
         self._closing = False
 
@@ -188,6 +189,8 @@ class OpenAIRealtimeWebRTC(OpenAIRealtimeBase):
                 await asyncio.shield(self._ack)
         except TimeoutError:
             logger.warning("timed out waiting for session.updated ack; resolving connect() anyway")
+        finally:
+            self._ack = None  # a later close must not fail a future nobody awaits
 
     async def _post_offer(
         self, sdp: str, api_key: str | None, model: str | None, url: str | None
@@ -309,9 +312,11 @@ class OpenAIRealtimeWebRTC(OpenAIRealtimeBase):
         logger.warning("model WebRTC connection lost: %s", why)
         self.emit("error", TransportErrorEvent(TransportClosed(f"model connection lost: {why}")))
         self._set_status("disconnected")
+        # Not one of self._tasks: a teardown racing this one must not cancel it mid-close,
+        # which would leave the peer connection's sockets open.
         task = asyncio.ensure_future(self._teardown())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
 
     # ----- sending -----------------------------------------------------------------------------
 
