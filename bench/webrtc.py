@@ -12,7 +12,9 @@ offers a second. Two phases per run:
   every 2 s; the round trip is timed from the tone's first frame sent to the echo's onset heard
   (Opus both ways, the ingress, the host, the model), frames received are counted against the
   50 a second a call should get, and the ingress process's CPU and RSS are read over the steady
-  part: "calls per ingress core" is 1 / (its CPU-s per second per call).
+  part: "calls per ingress core" is 1 / (its CPU-s per second per call);
+* **transport** (no ``callray up``): ``OpenAIRealtimeWebRTC.connect()`` against the local model
+  in this process, ``--connects`` times, and its fallback when ``session.updated`` never comes.
 
 Run inside a loopback-only namespace (Ray and aiortc then bind 127.0.0.1)::
 
@@ -168,13 +170,48 @@ async def echo_phase(up: Up, args: argparse.Namespace, calls: int) -> dict[str, 
     }
 
 
+async def transport_phase(args: argparse.Namespace) -> dict[str, Any]:
+    """``OpenAIRealtimeWebRTC.connect()`` against the local model in this process: offer,
+    answer, ICE, DTLS, the channel, the session.updated ack; then with the ack withheld, the
+    fallback's timing (``ack_timeout_s`` 5)."""
+    import math
+
+    from services.config import LocalModelSettings
+    from services.localmodel.server import LocalModelServer
+    from services.realtime.transports.webrtc import OpenAIRealtimeWebRTC
+
+    settings = LocalModelSettings(port=0, mode="echo")
+    connects: list[float] = []
+    fallbacks: list[float] = []
+    async with LocalModelServer(settings, ice_addresses=("127.0.0.1",)) as model:
+        for _ in range(args.connects):
+            transport = OpenAIRealtimeWebRTC(base_url=model.calls_url)
+            began = time.monotonic()
+            await transport.connect()
+            connects.append(time.monotonic() - began)
+            await transport.close()
+        model.delay_session_updated(math.inf)
+        for _ in range(args.fallbacks):
+            transport = OpenAIRealtimeWebRTC(base_url=model.calls_url)
+            began = time.monotonic()
+            await transport.connect()
+            fallbacks.append(time.monotonic() - began)
+            await transport.close()
+    return {
+        "connect": _summary_ms(connects),
+        "fallback_s": [round(f, 3) for f in fallbacks],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=10, help="scripted phase")
     parser.add_argument("--loads", default="5,10", help="echo phase: concurrent calls")
     parser.add_argument("--rate", type=float, default=10.0, help="offers a second")
     parser.add_argument("--duration", type=float, default=20.0, help="echo phase, per load")
-    parser.add_argument("--phases", default="scripted,echo")
+    parser.add_argument("--phases", default="scripted,echo,transport")
+    parser.add_argument("--connects", type=int, default=50, help="transport phase")
+    parser.add_argument("--fallbacks", type=int, default=3, help="transport phase")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     from services import aio
@@ -201,6 +238,12 @@ def main() -> None:
             print(json.dumps(result["scripted"]), flush=True)
         finally:
             up.stop()
+    if "transport" in phases:
+        from services.webrtc import ice
+
+        ice.install(("127.0.0.1",))
+        result["transport"] = aio.run(transport_phase(args))
+        print(json.dumps(result["transport"]), flush=True)
     result["echo"] = []
     for load in (int(n) for n in args.loads.split(",") if "echo" in phases):
         up = Up(
