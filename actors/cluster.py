@@ -45,8 +45,17 @@ class Cluster:
     def add_ingress(
         self, ingress_id: str, settings: GatewaySettings, media: MediaSettings | None = None
     ) -> int:
+        host = self.spawn.get("host", {})
         handle = _ray.start_actor(
-            IngressActor, ingress_id, settings, redis_url=self.redis_url, media=media
+            IngressActor,
+            ingress_id,
+            settings,
+            redis_url=self.redis_url,
+            media=media,
+            # Browsers may call the model directly with keys this ingress mints for the agent.
+            model=host.get("model"),
+            model_url=host.get("model_url"),
+            agent_spec=getattr(host.get("settings"), "agent", None),
         )
         port = int(_ray.call_sync(handle, "start", timeout=60.0))
         self.ingresses.append(handle)

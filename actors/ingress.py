@@ -8,9 +8,10 @@ import secrets
 from collections.abc import AsyncIterator
 
 from actors import _ray
-from services.config import GatewaySettings, MediaSettings
+from services.config import GatewaySettings, MediaSettings, ModelSettings
 from services.errors import ActorGone
 from services.gateway.app import Gateway
+from services.gateway.direct_calls import model_access
 from services.gateway.token_ledger import RedisTokenLedger
 from services.observability import logs
 from services.redis_client import connect as connect_redis
@@ -28,6 +29,9 @@ class IngressActor:
         *,
         redis_url: str | None = None,
         media: MediaSettings | None = None,
+        model: ModelSettings | None = None,
+        model_url: str | None = None,
+        agent_spec: str | None = None,
     ) -> None:
         logs.configure_from_env()  # this actor's process: its entry point
         secret = settings.stream_secret.value.encode() or secrets.token_bytes(32)
@@ -45,6 +49,11 @@ class IngressActor:
             media=media,
             ready_checks=[self._router_has_room],
             call_events=self._tail_events if redis_url else None,
+            model_access=(
+                model_access(model, model_url, agent_spec, settings.webrtc.ek_ttl_s)
+                if model is not None and model_url
+                else None
+            ),
         )
         self._redis_url = redis_url
         self._settings = settings

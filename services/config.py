@@ -157,6 +157,8 @@ class WebRTCSettings:
     # (a closed tab, a dead network) has hung up.
     connect_s: float = 10.0
     silence_s: float = 3.0
+    # Ephemeral keys minted for browsers calling the model directly live this long (10 to 7200).
+    ek_ttl_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -353,7 +355,15 @@ def load_webrtc_settings(env: Mapping[str, str]) -> WebRTCSettings:
         ),
         connect_s=_float(env, "CALLRAY_WEBRTC_CONNECT_S", d.connect_s),
         silence_s=_float(env, "CALLRAY_WEBRTC_SILENCE_S", d.silence_s),
+        ek_ttl_s=_ek_ttl(env),
     )
+
+
+def _ek_ttl(env: Mapping[str, str]) -> float:
+    ttl = _float(env, "CALLRAY_EK_TTL_S", WebRTCSettings().ek_ttl_s)
+    if not 10 <= ttl <= 7200:
+        raise ConfigError(f"CALLRAY_EK_TTL_S must be 10 to 7200 seconds, got {ttl:g}")
+    return ttl
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

@@ -23,6 +23,7 @@ from aiohttp import web
 from services.config import GatewaySettings, MediaSettings
 from services.gateway.call_feed import CallFeed
 from services.gateway.connection_guard import guard_connections
+from services.gateway.direct_calls import DirectCalls, ModelAccess
 from services.gateway.ingress_core import IngressCore, RouterPort
 from services.gateway.token_ledger import LocalTokenLedger, TokenLedger
 from services.gateway.twilio_ingress import TwilioIngress
@@ -48,6 +49,8 @@ class Gateway:
         ready_checks: list[Callable[[], Awaitable[str | None]]] | None = None,
         # The cluster's call-event stream (a tail of it), for the call page's transcript.
         call_events: Callable[[], AsyncIterator[Any]] | None = None,
+        # The model's REST API: browsers may then call the model directly (direct_calls.py).
+        model_access: ModelAccess | None = None,
     ) -> None:
         self.ingress_id = ingress_id
         self.settings = settings
@@ -72,6 +75,17 @@ class Gateway:
         self.webrtc = WebRTCIngress(
             self.core, settings, tokens, draining=lambda: self.draining, feed=self.feed
         )
+        self.direct = (
+            DirectCalls(
+                self.core,
+                tokens,
+                model_access,
+                token_ttl_s=settings.stream_token_ttl_s,
+                offers_per_source_s=settings.webrtc.offers_per_source_s,
+            )
+            if model_access is not None
+            else None
+        )
 
     async def listen(self, host: str, port: int) -> int:
         """Serve on ``host:port`` (0: a free port) with the connection guard; returns the port."""
@@ -93,6 +107,8 @@ class Gateway:
         app = web.Application(client_max_size=1024 * 1024)
         self.twilio.routes(app)
         self.webrtc.routes(app)
+        if self.direct is not None:
+            self.direct.routes(app)
         app.router.add_get("/", self.page)
         app.router.add_get("/call", self.page)
         app.router.add_get("/healthz", self.health)
@@ -109,6 +125,8 @@ class Gateway:
         if self.feed is not None:
             await self.feed.close()
         await self.webrtc.close()
+        if self.direct is not None:
+            await self.direct.close()
         await self.core.close()
         await self.twilio.close()
 

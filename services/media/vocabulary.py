@@ -34,6 +34,10 @@ class CallSpec:
     # The call was live on a host that was lost, and its ingress moved it here: the caller is
     # mid-conversation, so the agent says the line dropped instead of greeting.
     resumed: bool = False
+    # The call runs at the model (a browser called it directly with a key we minted): the
+    # session attaches to it by call id over a WebSocket sideband, runs its tools and writes its
+    # events; no audio passes through callray.
+    attach: bool = False
 
 
 # ----- inputs: ingress → session -----------------------------------------------------------------

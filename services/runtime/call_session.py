@@ -150,7 +150,7 @@ class CallSession(CallControl):
         self._pending_audio = bytearray()
         # Playback is observed at the ingress, one hop away: truncations wait for its figure.
         self.transport: OpenAIRealtimeWebSocket | OpenAIRealtimeWebRTC
-        if model.transport == "webrtc":
+        if model.transport == "webrtc" and not spec.attach:
             # Over WebRTC the model truncates at what its track sent when we clear its buffer,
             # not at what this call's caller heard (which the ingress knows only later).
             self.transport = OpenAIRealtimeWebRTC(model=model.model, playback=self.tracker)
@@ -195,7 +195,11 @@ class CallSession(CallControl):
         self._epoch = await self._conversations.claim(self.call_id)
         record = await self._conversations.load(self.call_id) if self.spec.resumed else []
         begin = self._clock()
-        await self.session.connect(api_key=self._model.api_key.value or None, url=self._model_url)
+        await self.session.connect(
+            api_key=self._model.api_key.value or None,
+            url=self._model_url,
+            call_id=self.call_id if self.spec.attach else None,
+        )
         metrics.model_connected(self._clock() - begin)
         if record:
             self.transport.reset_history([], self._replayable(record))
@@ -416,6 +420,11 @@ class CallSession(CallControl):
             self._do_control()
 
     def _on_connection(self, status: str) -> None:
+        if status == "disconnected" and self.spec.attach and self.ended is None:
+            # The model closes an attached sideband when its call ends (the browser hung up);
+            # there is nothing to reconnect to.
+            self.end_soon("call_ended")
+            return
         if (
             status == "disconnected"
             and self.ended is None

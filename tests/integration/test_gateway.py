@@ -23,6 +23,7 @@ from twilio.request_validator import RequestValidator
 from services.agents.registry import load_agents
 from services.config import GatewaySettings, LocalModelSettings, ModelSettings, Secret
 from services.gateway.app import Gateway
+from services.gateway.direct_calls import model_access
 from services.localmodel.server import LocalModelServer
 from services.media.channel_server import MediaChannelServer
 from services.media.vocabulary import CallSpec
@@ -88,18 +89,26 @@ async def running_gateway(
     mode: str = "scripted",
     capacity: int = 3,
     model_transport: str = "websocket",
+    direct: bool = False,
+    model_key: str = "",
     **gateway_options: Any,
 ) -> AsyncIterator[tuple[str, CallHost]]:
-    settings = LocalModelSettings(port=0, speed=4.0, scenario=scenario, mode=mode)
-    # Over WebRTC both ends gather ICE on loopback (the hook is process-wide).
-    ice_addresses = ("127.0.0.1",) if model_transport == "webrtc" else ()
+    settings = LocalModelSettings(
+        port=0, speed=4.0, scenario=scenario, mode=mode, api_key=Secret(model_key)
+    )
+    # Over WebRTC (to the model, or a browser calling it directly) both ends gather ICE on
+    # loopback (the hook is process-wide).
+    ice_addresses = ("127.0.0.1",) if model_transport == "webrtc" or direct else ()
     if ice_addresses:
         ice.install(ice_addresses)
     async with LocalModelServer(settings, observer=wire, ice_addresses=ice_addresses) as model:
         router = RouterCore(cluster_capacity=capacity, events=ListEventSink())
+        model_settings = ModelSettings(
+            Secret(model_key), None, "gpt-realtime", transport=model_transport
+        )
         host = CallHost(
             "h1",
-            model=ModelSettings(Secret(""), None, "gpt-realtime", transport=model_transport),
+            model=model_settings,
             model_url=model.url,
             agents=load_agents(),
             tool_runner=InProcessToolRunner(),
@@ -121,6 +130,7 @@ async def running_gateway(
             router=router,
             locate_channel=lambda handle: local.locate,
             tokens=StreamTokens(b"0123456789abcdef0123456789abcdef", 30.0),
+            model_access=model_access(model_settings, model.url, None, 60.0) if direct else None,
         )
         port = await gw.listen("127.0.0.1", 0)
         try:
