@@ -375,15 +375,16 @@ class WebRTCIngress:
         return web.json_response({"ok": True})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        leg = self.legs.get(request.match_info["call_id"])
-        if leg is None or self._feed is None:
+        # Any live call on this ingress: ours, or a browser's direct call we attached to.
+        call_id = request.match_info["call_id"]
+        if call_id not in self._core.calls or self._feed is None:
             return web.json_response({"error": "no such call or no event feed"}, status=404)
         reply = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await reply.prepare(request)
-        async with self._feed.subscribe(leg.call_id) as queue:
-            while not leg.finished.is_set():
+        async with self._feed.subscribe(call_id) as queue:
+            while call_id in self._core.calls:
                 try:
                     async with asyncio.timeout(10.0):
                         event = await queue.get()

@@ -224,3 +224,35 @@ async def _body(response: Response) -> str:
         return (await response.body()).decode(errors="replace")
     except playwright.Error:
         return ""
+
+
+async def test_a_direct_call_to_the_model_is_attached_and_heard(
+    deployment: Deployment, browser: Browser
+) -> None:
+    """The page with "call the model directly": a key minted for the call, the offer to the
+    local model itself, our session attached by call id; the page hears the agent's greeting,
+    and our key (none here: a server secret stands for it) never shows in the page's traffic."""
+    page, errors = await open_page(browser, deployment)
+    seen: list[str] = []
+    page.on("response", lambda r: seen.append(f"{r.status} {urlsplit(r.url).path}"))
+    await page.check("#direct")
+    async with (
+        page.expect_response(lambda r: urlsplit(r.url).path == "/webrtc/client-secret") as minted,
+        page.expect_response(lambda r: urlsplit(r.url).path == "/webrtc/attach") as att,
+    ):
+        await page.click("#call")
+    attached = await att.value
+    assert attached.status == 201, (await attached.text(), seen)
+    call_id = json.loads(await attached.text())["call_id"]
+    await expect(page.locator("#state")).to_have_text("In call", timeout=CONNECT_MS)
+    assert await calls(deployment.base) == 1  # the attached session holds a seat
+    assert 0 < await hear_agent(page) <= 1
+    assert "201 /v1/realtime/calls" in seen and "200 /webrtc/client-secret" in seen
+    key = json.loads(await (await minted.value).text())
+    assert set(key) == {"value", "expires_at", "attach_token", "calls_url"}
+    assert key["value"].startswith("ek_")
+    assert not any(s in json.dumps(key) for s in deployment.secrets)
+    await page.click("#hangup")
+    await until_calls(deployment, 0, 10)
+    assert await deployment.ended(call_id) == "call_ended"
+    assert errors == []
