@@ -134,3 +134,49 @@ async def test_the_call_page_is_served_at_the_root(wire: WireValidator) -> None:
                     assert reply.status == 200 and reply.content_type == "text/html"
                     assert "/webrtc/calls" in page and "sendBeacon" in page
                     assert "http://" not in page and "https://" not in page  # no CDN
+
+
+async def test_a_call_whose_ice_never_completes_ends_ice_failed_and_frees_its_seat(
+    wire: WireValidator,
+) -> None:
+    quick = WebRTCSettings(ice_addresses=("127.0.0.1",), connect_s=1.0)
+    async with running_gateway(wire, webrtc=quick, capacity=1) as (base, host):
+        caller = WebRTCCaller(base)
+
+        # An answer it never uses: the browser went away between its offer and ICE.
+        async def never(*_args: object) -> None:
+            return None
+
+        caller.pc.setRemoteDescription = never  # type: ignore[method-assign]
+        assert await caller.dial() == 201
+        await until(lambda: caller.call_id in host.calls, "the call open")
+        await until(lambda: caller.call_id not in host.calls, "the ICE deadline")
+        events = host._events.events  # the host's ListEventSink
+        ended = [f["reason"] for k, c, f in events if c == caller.call_id and k == "call.ended"]
+        assert ended == ["ice_failed"], events
+        again = WebRTCCaller(base)  # the seat is free again
+        assert await again.dial() == 201
+        await again.hang_up()
+        await caller.close()
+
+
+async def test_bad_data_channel_messages_are_dropped_and_counted(wire: WireValidator) -> None:
+    from prometheus_client import REGISTRY
+
+    def dropped() -> float:
+        labels = {"reason": "webrtc_page_message"}
+        return REGISTRY.get_sample_value("callray_front_door_refused_total", labels) or 0.0
+
+    async with running_gateway(wire, webrtc=LOOPBACK) as (base, host):
+        caller = WebRTCCaller(base)
+        assert await caller.dial() == 201
+        await until(lambda: caller.loud_frames > 5, "the greeting")
+        before = dropped()
+        caller.channel.send("not json at all")
+        caller.channel.send('{"type": "dtmf", "digit": "Z"}')
+        caller.channel.send("x" * 5000)
+        await until(lambda: dropped() >= before + 3, "three messages dropped")
+        heard = caller.loud_frames
+        await until(lambda: caller.loud_frames > heard + 5, "the call's audio going on")
+        assert caller.call_id in host.calls
+        await caller.hang_up()
