@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import math
 import os
 import secrets
@@ -173,10 +174,44 @@ def fake_microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tone(tmp_path_factory.mktemp("audio") / "tone-440hz.wav")
 
 
+def write_barge_in(path: Path, rate: int = 48_000) -> Path:
+    """1.5 s of silence, then 1.5 s of a loud 300 Hz tone (RMS ~0.35 of full scale, well over
+    the model's speech threshold): a caller talking over the agent's greeting."""
+    quiet = int(1.5 * rate)
+    samples = array.array(
+        "h",
+        (
+            0 if n < quiet else round(0.5 * 32767 * math.sin(2 * math.pi * 300 * n / rate))
+            for n in range(3 * rate)
+        ),
+    )
+    if sys.byteorder != "little":
+        samples.byteswap()
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return path
+
+
+@pytest.fixture
+async def barge_in_browser(tmp_path: Path) -> AsyncIterator[Browser]:
+    """Chromium whose fake microphone talks over the agent (:func:`write_barge_in`)."""
+    async with _chromium(write_barge_in(tmp_path / "barge-in.wav")) as chromium:
+        yield chromium
+
+
 @pytest.fixture
 async def browser(fake_microphone: Path) -> AsyncIterator[Browser]:
     """Headless Chromium with a granted fake microphone playing the tone, able to use loopback
     for WebRTC."""
+    async with _chromium(fake_microphone) as chromium:
+        yield chromium
+
+
+@contextlib.asynccontextmanager
+async def _chromium(fake_microphone: Path) -> AsyncIterator[Browser]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:

@@ -256,3 +256,28 @@ async def test_a_direct_call_to_the_model_is_attached_and_heard(
     await until_calls(deployment, 0, 10)
     assert await deployment.ended(call_id) == "call_ended"
     assert errors == []
+
+
+async def test_talking_over_the_agent_interrupts_it(
+    deployment: Deployment, barge_in_browser: Browser
+) -> None:
+    """The caller talks over the greeting: the session marks the turn interrupted (the page's
+    transcript shows it) and the agent's audio stops at once, while the caller goes on."""
+    page, errors = await open_page(barge_in_browser, deployment)
+    call_id = await place_call(page, deployment)
+    await expect(page.locator("#transcript p.note")).to_have_text("(interrupted)", timeout=HEAR_MS)
+    # Within a second of the barge-in the agent's meter reads silence (the model's remaining
+    # greeting was cleared from the track), while the caller's tone goes on.
+    # "Silence" means quiet for 600 ms running: a pause between two words is shorter.
+    await page.evaluate(
+        """() => { window.quietSince = performance.now();
+                   setInterval(() => { if (((window.callrayLevels || {}).agent || 0) >= 0.01)
+                                         window.quietSince = performance.now(); }, 10); }"""
+    )
+    await page.wait_for_function(
+        "() => performance.now() - window.quietSince > 600", timeout=1500, polling=20
+    )
+    await page.click("#hangup")
+    await until_calls(deployment, 0, 5)
+    assert await deployment.ended(call_id) == "caller_hangup"
+    assert errors == []
