@@ -76,20 +76,8 @@ class Deployment:
         return "\n".join(text[-lines:])
 
 
-def write_tone(
-    path: Path, seconds: float = 3.0, hz: float = 440.0, peak: float = 0.03, rate: int = 48_000
-) -> Path:
-    """16-bit mono PCM, a steady tone (Chromium loops the file). Its RMS, ``peak / sqrt(2)`` of
-    full scale, stays under the local model's speech threshold (0.05), so the agent's greeting
-    is not taken as interrupted, and over what the page's microphone meter shows."""
-    amplitude = peak * 32767
-    samples = array.array(
-        "h",
-        (
-            round(amplitude * math.sin(2 * math.pi * hz * n / rate))
-            for n in range(int(seconds * rate))
-        ),
-    )
+def _write_wav(path: Path, samples: array.array[int], rate: int) -> Path:
+    """16-bit mono PCM (Chromium loops the file)."""
     if sys.byteorder != "little":
         samples.byteswap()
     with wave.open(str(path), "wb") as out:
@@ -98,6 +86,23 @@ def write_tone(
         out.setframerate(rate)
         out.writeframes(samples.tobytes())
     return path
+
+
+def write_tone(
+    path: Path, seconds: float = 3.0, hz: float = 440.0, peak: float = 0.03, rate: int = 48_000
+) -> Path:
+    """A steady tone. Its RMS, ``peak / sqrt(2)`` of full scale, stays under the local model's
+    speech threshold (0.05), so the agent's greeting is not taken as interrupted, and over what
+    the page's microphone meter shows."""
+    amplitude = peak * 32767
+    samples = array.array(
+        "h",
+        (
+            round(amplitude * math.sin(2 * math.pi * hz * n / rate))
+            for n in range(int(seconds * rate))
+        ),
+    )
+    return _write_wav(path, samples, rate)
 
 
 @pytest.fixture(scope="module")
@@ -185,14 +190,7 @@ def write_barge_in(path: Path, rate: int = 48_000) -> Path:
             for n in range(3 * rate)
         ),
     )
-    if sys.byteorder != "little":
-        samples.byteswap()
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.tobytes())
-    return path
+    return _write_wav(path, samples, rate)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from services.config import LocalModelSettings, Secret
 from services.loadgen.webrtc_caller import ToneTrack
 from services.localmodel.server import LocalModelServer
 from tests.conftest import TIMEOUT_FACTOR
+from tests.virtual_time import FakeClock
 from tests.wire import WireValidator
 
 pytestmark = pytest.mark.integration
@@ -436,14 +437,6 @@ async def test_websockets_still_work_on_the_same_port(start_server: StartServer)
 
 
 # ----- ephemeral keys and sidebands (server controls) -----------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_900_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_an_ephemeral_key_starts_calls_until_it_expires(peers: PeerFactory) -> None:

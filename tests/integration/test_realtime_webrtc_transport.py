@@ -10,7 +10,6 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import numpy as np
 import pytest
@@ -27,17 +26,10 @@ from services.webrtc.playout import Playout
 from services.webrtc.track import PacedTrack
 from tests.conftest import TIMEOUT_FACTOR
 from tests.integration.test_gateway import SignedCaller, running_gateway
+from tests.integration.test_transport_conformance import PCM_SESSION, tone, until
 from tests.wire import WireValidator
 
 pytestmark = pytest.mark.integration
-
-WAIT = 10 * TIMEOUT_FACTOR
-PCM_SESSION = {
-    "audio": {
-        "input": {"format": {"type": "audio/pcm", "rate": 24000}},
-        "output": {"format": {"type": "audio/pcm", "rate": 24000}},
-    }
-}
 
 
 @pytest.fixture
@@ -46,20 +38,6 @@ async def model() -> AsyncIterator[LocalModelServer]:
     settings = LocalModelSettings(port=0, speed=4.0, mode="echo")
     async with LocalModelServer(settings, ice_addresses=("127.0.0.1",)) as server:
         yield server
-
-
-async def until(predicate: Any, what: str) -> None:
-    try:
-        async with asyncio.timeout(WAIT):
-            while not predicate():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-def tone(ms: int) -> bytes:
-    t = np.arange(ms * 24) / 24000
-    return (np.sin(2 * np.pi * 440 * t) * 0.3 * 32767).astype("<i2").tobytes()
 
 
 async def test_connect_resolves_on_the_ack_and_events_flow(model: LocalModelServer) -> None:
