@@ -34,6 +34,7 @@ def _model_command(args: argparse.Namespace) -> int:
         scenario=args.scenario,
         speed=args.speed,
         drop_after_events=args.drop_after,
+        ice_addresses=tuple(args.ice_address) or settings.ice_addresses,
     )
 
     def banner(server: LocalModelServer) -> None:
@@ -119,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--host", default="127.0.0.1")
     model.add_argument("--port", type=int, default=8765)
     model.add_argument("--mode", choices=("echo", "scripted"), default="scripted")
+    model.add_argument(
+        "--ice-address",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="where WebRTC calls gather ICE candidates (repeatable; default "
+        "CALLRAY_WEBRTC_ICE_ADDRESSES, else every interface address but loopback)",
+    )
     model.add_argument("--scenario", help="scenario JSON file (default: the shipped demo)")
     model.add_argument(
         "--speed", type=float, default=4.0, help="output audio speed as a multiple of real time"
