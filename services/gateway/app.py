@@ -80,8 +80,8 @@ class Gateway:
                 self.core,
                 tokens,
                 model_access,
-                token_ttl_s=settings.stream_token_ttl_s,
                 offers_per_source_s=settings.webrtc.offers_per_source_s,
+                body_timeout_s=settings.request_timeout_s,
             )
             if model_access is not None
             else None

@@ -39,6 +39,7 @@ from services.config import ModelSettings, Secret
 from services.errors import StreamTokenError
 from services.gateway.front_door import SourceRate
 from services.gateway.ingress_core import Busy, IngressCore, Refused
+from services.http_body import BodyTooLarge, read_bounded
 from services.media.vocabulary import AudioDone, CallSpec, Hangup, PlayAudio, PlaybackCut, Transfer
 from services.observability import metrics
 from services.observability.log_limits import LogLimiter
@@ -100,13 +101,13 @@ class DirectCalls:
         tokens: StreamTokens,
         access: ModelAccess,
         *,
-        token_ttl_s: float,
         offers_per_source_s: float = 5.0,
+        body_timeout_s: float = 10.0,
     ) -> None:
         self._core = core
         self._tokens = tokens
         self._access = access
-        self._token_ttl_s = token_ttl_s
+        self._body_timeout_s = body_timeout_s
         self._rate = SourceRate(rate=offers_per_source_s, burst=2 * offers_per_source_s)
         self._log = LogLimiter(logger)
         self._http: aiohttp.ClientSession | None = None
@@ -192,10 +193,15 @@ class DirectCalls:
         if self._redeem(request, ATTACH_PREFIX) is None:
             return self._refuse(request, 401, "token", "a valid attach token is required")
         try:
-            payload = json.loads(await request.content.read(MAX_BODY))
+            async with asyncio.timeout(self._body_timeout_s):
+                payload = json.loads(await read_bounded(request, MAX_BODY))
             call_id = payload["call_id"]
             if not isinstance(call_id, str) or not call_id.startswith("rtc_") or len(call_id) > 64:
                 raise ValueError("not a call id")
+        except TimeoutError:
+            return self._refuse(request, 408, "slow", "the body did not arrive in time")
+        except BodyTooLarge:
+            return self._refuse(request, 413, "too_large", "the body is too large")
         except (ValueError, KeyError, TypeError, RecursionError):
             return self._refuse(request, 400, "bad_body", 'the body must be {"call_id": "rtc_…"}')
         leg = DirectLeg(call_id, self._ended)

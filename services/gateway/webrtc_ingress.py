@@ -39,6 +39,7 @@ from services.errors import SdpError, StreamTokenError
 from services.gateway.call_feed import CallFeed
 from services.gateway.front_door import SourceRate
 from services.gateway.ingress_core import Busy, IngressCore, Refused
+from services.http_body import BodyTooLarge, read_bounded
 from services.media.vocabulary import (
     AudioDone,
     CallSpec,
@@ -295,14 +296,12 @@ class WebRTCIngress:
             return self._refuse(request, 503, "draining", "busy", **{"Retry-After": "5"})
         if request.content_type != "application/sdp":
             return self._refuse(request, 415, "content_type", "the offer must be application/sdp")
-        if (request.content_length or 0) > MAX_OFFER_BYTES:
-            return self._refuse(request, 413, "too_large", "the offer is too large")
         try:
             async with asyncio.timeout(self._settings.request_timeout_s):
-                body = await request.content.read(MAX_OFFER_BYTES + 1)
+                body = await read_bounded(request, MAX_OFFER_BYTES)
         except TimeoutError:
             return self._refuse(request, 408, "slow", "the offer did not arrive in time")
-        if len(body) > MAX_OFFER_BYTES:
+        except BodyTooLarge:
             return self._refuse(request, 413, "too_large", "the offer is too large")
         token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         call_id = StreamTokens.call_of(token) if token else None

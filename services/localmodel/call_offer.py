@@ -23,6 +23,7 @@ from typing import Any, Final
 from aiohttp import BodyPartReader, web
 
 from services.errors import SdpError
+from services.http_body import BodyTooLarge, read_bounded
 from services.webrtc.offer import MAX_OFFER_BYTES, CandidatePolicy, check_offer
 
 __all__ = ["CallOffer", "OfferRefused", "read_offer"]
@@ -66,9 +67,12 @@ async def read_offer(request: web.Request, policy: CandidatePolicy) -> CallOffer
 
 
 async def _read_limited(request: web.Request, limit: int) -> str:
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise OfferRefused(413, f"The offer is larger than {limit} bytes.", "offer_too_large")
+    try:
+        body = await read_bounded(request, limit)
+    except BodyTooLarge:
+        raise OfferRefused(
+            413, f"The offer is larger than {limit} bytes.", "offer_too_large"
+        ) from None
     return body.decode("utf-8", "replace")
 
 

@@ -110,3 +110,26 @@ async def test_attach_needs_its_token_and_a_call_id(wire: WireValidator) -> None
             assert status == 401
             status, _ = await _post(http, f"{base}/webrtc/client-secret")
             assert status == 401
+
+
+async def test_an_attach_whose_body_never_comes_gets_408(wire: WireValidator) -> None:
+    async with running_gateway(wire, direct=True, request_timeout_s=0.5) as (base, _host):
+        async with aiohttp.ClientSession() as http:
+            _, token = await _post(http, f"{base}/webrtc/token")
+            _, secret = await _post(
+                http,
+                f"{base}/webrtc/client-secret",
+                headers={"Authorization": f"Bearer {token['token']}"},
+            )
+        port = int(base.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /webrtc/attach HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {secret['attach_token']}\r\n".encode()
+            + b"Content-Length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        async with asyncio.timeout(5):
+            status_line = await reader.readline()
+        assert b" 408 " in status_line, status_line
+        writer.close()

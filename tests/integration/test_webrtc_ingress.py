@@ -180,3 +180,32 @@ async def test_bad_data_channel_messages_are_dropped_and_counted(wire: WireValid
         await until(lambda: caller.loud_frames > heard + 5, "the call's audio going on")
         assert caller.call_id in host.calls
         await caller.hang_up()
+
+
+async def test_an_offer_arriving_in_pieces_is_read_whole(wire: WireValidator) -> None:
+    """A body in several TCP segments (a real offer is several kB) is read to its end."""
+    async with running_gateway(wire, webrtc=LOOPBACK) as (base, _host):
+        caller = WebRTCCaller(base)
+        async with aiohttp.ClientSession() as http:
+            await caller.fetch_token(http)
+        caller.pc.addTrack(caller.source)
+        caller.pc.createDataChannel("callray")
+        await caller.pc.setLocalDescription(await caller.pc.createOffer())
+        offer = caller.pc.localDescription.sdp.encode()
+        port = int(base.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /webrtc/calls HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n"
+            + f"Authorization: Bearer {caller.token}\r\n".encode()
+            + f"Content-Length: {len(offer)}\r\n\r\n".encode()
+        )
+        third = len(offer) // 3
+        for part in (offer[:third], offer[third : 2 * third], offer[2 * third :]):
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        async with asyncio.timeout(WAIT):
+            status_line = await reader.readline()
+        assert b" 201 " in status_line, status_line
+        writer.close()
+        await caller.close()
