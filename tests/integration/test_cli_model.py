@@ -15,19 +15,23 @@ from tests.conftest import TIMEOUT_FACTOR
 pytestmark = pytest.mark.integration
 
 
-async def test_model_command_serves_the_official_client_and_stops_on_ctrl_c() -> None:
-    proc = await asyncio.create_subprocess_exec(
+async def start_model(*flags: str) -> asyncio.subprocess.Process:
+    """``callray model --port 0 FLAGS`` in a child process, its banner on stdout."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "services.cli",
         "model",
         "--port",
         "0",
-        "--mode",
-        "echo",
+        *flags,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def test_model_command_serves_the_official_client_and_stops_on_ctrl_c() -> None:
+    proc = await start_model("--mode", "echo")
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(20 * TIMEOUT_FACTOR):
@@ -56,18 +60,7 @@ async def test_model_command_answers_webrtc_calls_on_the_ice_address_given() -> 
     import aiohttp
 
     offer = (Path(__file__).parents[1] / "unit" / "data" / "chromium_offer.sdp").read_text()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
-        "model",
-        "--port",
-        "0",
-        "--ice-address",
-        "127.0.0.1",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_model("--ice-address", "127.0.0.1")
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(20 * TIMEOUT_FACTOR):
