@@ -39,10 +39,9 @@ from services.config import ModelSettings, Secret
 from services.errors import StreamTokenError
 from services.gateway.front_door import SourceRate
 from services.gateway.ingress_core import Busy, IngressCore, Refused
+from services.gateway.refusals import Refusals
 from services.http_body import BodyTooLarge, read_bounded
 from services.media.vocabulary import AudioDone, CallSpec, Hangup, PlayAudio, PlaybackCut, Transfer
-from services.observability import metrics
-from services.observability.log_limits import LogLimiter
 from services.realtime.session_config import build_initial_config
 from services.telephony.stream_tokens import StreamTokens
 
@@ -109,7 +108,7 @@ class DirectCalls:
         self._access = access
         self._body_timeout_s = body_timeout_s
         self._rate = SourceRate(rate=offers_per_source_s, burst=2 * offers_per_source_s)
-        self._log = LogLimiter(logger)
+        self._refuse = Refusals(logger, what="a direct browser call", prefix="direct")
         self._http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.legs: dict[str, DirectLeg] = {}
@@ -132,15 +131,6 @@ class DirectCalls:
     def _headers(self) -> dict[str, str]:
         key = self._access.api_key.value
         return {"Authorization": f"Bearer {key}"} if key else {}
-
-    def _refuse(self, request: web.Request, status: int, reason: str, message: str) -> web.Response:
-        source = request.remote or "?"
-        metrics.front_door_refused(f"direct_{reason}")
-        self._log.warning(
-            source, reason, "refused a direct browser call from %s: %s", source, message
-        )
-        headers = {"Retry-After": "5"} if status in (429, 503) else {}
-        return web.json_response({"error": message}, status=status, headers=headers)
 
     def _redeem(self, request: web.Request, prefix: str) -> str | None:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()

@@ -39,6 +39,7 @@ from services.errors import SdpError, StreamTokenError
 from services.gateway.call_feed import CallFeed
 from services.gateway.front_door import SourceRate
 from services.gateway.ingress_core import Busy, IngressCore, Refused
+from services.gateway.refusals import Refusals
 from services.http_body import BodyTooLarge, read_bounded
 from services.media.vocabulary import (
     AudioDone,
@@ -51,7 +52,6 @@ from services.media.vocabulary import (
     Transfer,
 )
 from services.observability import metrics
-from services.observability.log_limits import LogLimiter
 from services.telephony.stream_tokens import StreamTokens
 from services.webrtc import ice, jitter
 from services.webrtc.offer import MAX_OFFER_BYTES, CandidatePolicy, check_offer
@@ -82,8 +82,6 @@ class WebRTCLeg:
         self.finished = asyncio.Event()
         self.close_reason: str | None = None
         self.heard_at = time.monotonic()  # the caller's last audio
-        self.frames_in = 0
-        self.jitter: jitter.AudioJitterBuffer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ----- MediaLeg ------------------------------------------------------------------------------
@@ -127,7 +125,6 @@ class WebRTCLeg:
 
     def _heard(self, pcm: bytes) -> None:
         self.heard_at = time.monotonic()
-        self.frames_in += 1
         self._core.caller_audio(self.call_id, pcm)
 
     def _page_message(self, message: object) -> None:
@@ -244,7 +241,7 @@ class WebRTCIngress:
             or "::1" in self._webrtc.ice_addresses,
             allow_private=self._webrtc.allow_private_candidates,
         )
-        self._log = LogLimiter(logger)
+        self._refuse = Refusals(logger, what="a WebRTC offer", prefix="webrtc")
         self.legs: dict[str, WebRTCLeg] = {}
         self._calls: set[asyncio.Task[None]] = set()
         ice.install(self._webrtc.ice_addresses)
@@ -280,20 +277,12 @@ class WebRTCIngress:
 
     # ----- an offer ------------------------------------------------------------------------------
 
-    def _refuse(
-        self, request: web.Request, status: int, reason: str, message: str, **headers: str
-    ) -> web.Response:
-        source = request.remote or "?"
-        metrics.front_door_refused(f"webrtc_{reason}")
-        self._log.warning(source, reason, "refused a WebRTC offer from %s: %s", source, message)
-        return web.json_response({"error": message}, status=status, headers=headers)
-
     async def offer(self, request: web.Request) -> web.Response:
         source = request.remote or "?"
         if not self._rate.allow(source, time.monotonic()):
-            return self._refuse(request, 429, "rate", "too many offers", **{"Retry-After": "1"})
+            return self._refuse(request, 429, "rate", "too many offers")
         if self._draining():
-            return self._refuse(request, 503, "draining", "busy", **{"Retry-After": "5"})
+            return self._refuse(request, 503, "draining", "busy")
         if request.content_type != "application/sdp":
             return self._refuse(request, 415, "content_type", "the offer must be application/sdp")
         try:
@@ -326,7 +315,7 @@ class WebRTCIngress:
             return self._refuse(request, status, "refused", opened.reason)
         if isinstance(opened, Busy):
             await pc.close()
-            return self._refuse(request, 503, "busy", "busy", **{"Retry-After": "5"})
+            return self._refuse(request, 503, "busy", "busy")
         try:
             pc.addTrack(leg.track)
             leg.wire()
@@ -335,8 +324,7 @@ class WebRTCIngress:
                 if transceiver.kind == "audio":
                     # Before any RTP, which flows only once ICE and DTLS are up. aiortc's own
                     # buffer stays ~300 ms deep after one lost packet (bench/jitter.py).
-                    leg.jitter = jitter.AudioJitterBuffer(prefetch=1)
-                    jitter.install(transceiver.receiver, leg.jitter)
+                    jitter.install(transceiver.receiver, jitter.AudioJitterBuffer(prefetch=1))
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc refused what our check let through
             leg.caller_gone("bad_offer")
