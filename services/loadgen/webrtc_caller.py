@@ -14,6 +14,7 @@ import asyncio
 import fractions
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -26,7 +27,24 @@ from services.webrtc import ice
 
 RATE = 48_000
 SAMPLES = 960  # 20 ms
+AUDIBLE = 500  # peak sample level (of 32767): over it a frame is speech, not a track's silence
 QUIET_FRAMES = 10  # 200 ms without audible audio, then audible: an onset
+
+
+def audible(frame: av.AudioFrame) -> bool:
+    """Whether a decoded frame carries speech rather than the silence a paced track sends
+    between turns (a peak over :data:`AUDIBLE`)."""
+    return bool(np.abs(frame.to_ndarray()).max() > AUDIBLE)
+
+
+async def each_frame(track: Any, handle: Callable[[av.AudioFrame], None]) -> None:
+    """Hand every frame a remote track decodes to ``handle``, until the track ends."""
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        handle(frame)
 
 
 class ToneTrack(MediaStreamTrack):
@@ -150,21 +168,18 @@ class WebRTCCaller:
         self._tasks.add(task)
 
     async def _listen(self, track: Any) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            self.received_frames += 1
-            pcm = frame.to_ndarray()
-            if np.abs(pcm).max() > 500:
-                self.loud_frames += 1
-                if self.first_loud < 0:
-                    self.first_loud = self.received_frames
-                    self.first_audio_at = time.monotonic()
-                if self.received_frames - max(self.last_loud, 0) > QUIET_FRAMES:
-                    self.onsets.append(time.monotonic())
-                self.last_loud = self.received_frames
+        await each_frame(track, self._heard)
+
+    def _heard(self, frame: av.AudioFrame) -> None:
+        self.received_frames += 1
+        if audible(frame):
+            self.loud_frames += 1
+            if self.first_loud < 0:
+                self.first_loud = self.received_frames
+                self.first_audio_at = time.monotonic()
+            if self.received_frames - max(self.last_loud, 0) > QUIET_FRAMES:
+                self.onsets.append(time.monotonic())
+            self.last_loud = self.received_frames
 
     @property
     def heard_span_ms(self) -> int:

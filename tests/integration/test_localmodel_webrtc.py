@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 from openai import AsyncOpenAI, AuthenticationError
 
 from services.config import LocalModelSettings, Secret
-from services.loadgen.webrtc_caller import ToneTrack
+from services.loadgen.webrtc_caller import ToneTrack, audible, each_frame
 from services.localmodel.server import LocalModelServer
 from tests.conftest import TIMEOUT_FACTOR
 from tests.virtual_time import FakeClock
@@ -127,15 +125,13 @@ class Peer:
         self._listening.add(task)
 
     async def _listen(self, track: Any) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            self.received_frames += 1
-            if np.abs(frame.to_ndarray()).max() > 500:
-                self.loud_frames += 1
-                self.loud_since_mark += 1
+        await each_frame(track, self._heard)
+
+    def _heard(self, frame: Any) -> None:
+        self.received_frames += 1
+        if audible(frame):
+            self.loud_frames += 1
+            self.loud_since_mark += 1
 
 
 @pytest.fixture
