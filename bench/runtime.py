@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,34 @@ async def tool_round_trips(redis_url: str, rate: float, seconds: float) -> dict[
     }
 
 
+@contextlib.contextmanager
+def embedded_runtime() -> Iterator[tuple[str, str]]:
+    """A real redis-server, our local model (a child process) and a local Ray whose workers see
+    this repository (and the benchmark agents' Redis, ``bench.agents.REDIS_URL_ENV``); yields
+    (redis URL, model URL) and stops all three after."""
+    from actors import _ray
+    from bench.agents import REDIS_URL_ENV
+    from services.embedded.model_process import ModelProcess
+    from services.embedded.redis_server import EmbeddedRedis
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    scratch = Path(tempfile.mkdtemp(prefix="callray-bench-"))
+    redis = EmbeddedRedis(scratch / "redis")
+    redis_url = redis.start()
+    model = ModelProcess(log=scratch / "model.log")
+    try:
+        model_url = model.start()
+        env_vars = {"PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", REDIS_URL_ENV: redis_url}
+        _ray.init(address=None, env_vars=env_vars)
+        try:
+            yield redis_url, model_url
+        finally:
+            _ray.shutdown()
+    finally:
+        model.stop()
+        redis.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -103,24 +133,14 @@ def main() -> None:
     parser.add_argument("--executors", type=int, default=2)
     args = parser.parse_args()
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from actors import _ray
     from actors.cluster import start_cluster
     from actors.driver_ingress import DriverIngress
     from services.config import ModelSettings, RuntimeSettings, Secret
-    from services.embedded.model_process import ModelProcess
-    from services.embedded.redis_server import EmbeddedRedis
     from services.media.vocabulary import CallerHungUp, CallSpec
     from services.runtime.router import Opened
 
-    scratch = Path(tempfile.mkdtemp(prefix="callray-bench-"))
-    redis = EmbeddedRedis(scratch / "redis")
-    redis_url = redis.start()
-    model = ModelProcess(log=scratch / "model.log")
-    model_url = model.start()
-    _ray.init(address=None, env_vars={"PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"})
     result: dict[str, Any] = {"benchmark": "runtime", "date": time.strftime("%Y-%m-%d")}
-    try:
+    with embedded_runtime() as (redis_url, model_url):
         settings = RuntimeSettings(
             hosts=1,
             host_capacity=args.idle_calls + 10,
@@ -177,10 +197,6 @@ def main() -> None:
         result["call_open"] = summary_ms(opens)
         print(json.dumps(result["call_open"]), flush=True)
         cluster.stop()
-    finally:
-        _ray.shutdown()
-        model.stop()
-        redis.stop()
     result["targets"] = {"tool_rt_p99_ms_at_500": 10, "open_p99_ms": 50, "per_call_mb": 2}
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

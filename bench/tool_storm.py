@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -43,8 +42,8 @@ from typing import Any
 
 import psutil
 
-from bench.agents import REDIS_URL_ENV, RUNS_KEY
-from bench.runtime import summary_ms
+from bench.agents import RUNS_KEY
+from bench.runtime import embedded_runtime, summary_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "tool_storm.json"
@@ -253,22 +252,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from actors import _ray
     from actors.cluster import start_cluster
     from services.config import ModelSettings, RuntimeSettings, Secret
-    from services.embedded.model_process import ModelProcess
-    from services.embedded.redis_server import EmbeddedRedis
 
-    scratch = Path(tempfile.mkdtemp(prefix="callray-bench-"))
-    redis = EmbeddedRedis(scratch / "redis")
-    redis_url = redis.start()
-    model = ModelProcess(log=scratch / "model.log")
-    model_url = model.start()
-    env_vars = {"PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", REDIS_URL_ENV: redis_url}
-    _ray.init(address=None, env_vars=env_vars)
     result: dict[str, Any] = {"benchmark": "tool_storm", "date": time.strftime("%Y-%m-%d")}
-    try:
+    with embedded_runtime() as (redis_url, model_url):
         settings = RuntimeSettings(hosts=1, executors=args.executors, agent="bench.agents:AGENTS")
         cluster = start_cluster(
             settings,
@@ -286,10 +274,6 @@ def main() -> None:
         result.update(asyncio.run(storm(redis_url, cluster, args)))
         result["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
         cluster.stop()
-    finally:
-        _ray.shutdown()
-        model.stop()
-        redis.stop()
     result["targets"] = {"lost": 0, "duplicated": 0}
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     keys = ("issued", "ok", "lost", "duplicated", "never_ran", "executors_killed")
