@@ -8,7 +8,9 @@
     │   ├── MediaStreamProtocolError  a telephony media-stream message (Twilio, ...) or its token
     │   │   └── StreamTokenError          a stream token was refused (``reason``)
     │   ├── ChannelError              a media-channel message (services.media.channel)
-    │   └── SdpError                  an SDP offer we do not take (WebRTC, SIP); safe to show
+    │   ├── SdpError                  an SDP offer we do not take (WebRTC, SIP); safe to show
+    │   ├── SipError                  a SIP message we cannot take (``status``: the reply's code)
+    │   └── RtpError                  an RTP packet dropped unparsed (``reason``: a metric label)
     ├── TransportError            a connection could not be used
     │   ├── TransportClosed           the peer or we closed it (code, reason)
     │   ├── NotConnected              an operation needs an open connection
@@ -92,6 +94,26 @@ class ChannelError(ProtocolError):
 class SdpError(ProtocolError):
     """An SDP offer we do not take (malformed, no usable audio, insecure); the message names
     the reason and is safe to send back to the peer."""
+
+
+class SipError(ProtocolError):
+    """A SIP message we cannot take. ``status`` is the response it earns (400 malformed, 513
+    too large, 501 unknown method, 420 unsupported extension, ...) or 0 when it is dropped
+    without one (an unparseable datagram, a response to nothing); the message is safe to put
+    in a ``Warning`` header or a log line and never holds the message's body."""
+
+    def __init__(self, message: str, *, status: int = 400, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.status = status
+
+
+class RtpError(ProtocolError):
+    """An RTP packet dropped before use; ``reason`` is a low-cardinality label for the drop
+    counter (``version``, ``short``, ``csrc``, ``extension``, ``padding``, ``oversize``, ...)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class TransportError(CallrayError):
