@@ -5,7 +5,7 @@ Over WebRTC the model's audio goes out on the media track, not as events
 each event the engine emits and returns what goes on the ``oai-events`` channel instead:
 
 * ``response.output_audio.delta`` is consumed: its audio (in the response's output format) is
-  converted to 24 kHz PCM16 and queued on the :class:`~services.webrtc.playout.Playout` the
+  converted to 24 kHz PCM16 and queued on the :class:`~services.media.playout.Playout` the
   track reads, per item;
 * ``output_audio_buffer.started`` goes out when the track hands out the first frame of a
   response's audio (:meth:`played`; the playout must report every frame, ``report_ms=20``), so
@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.media.playout import PCM24K, Playout
 from services.media.vocabulary import Played
-from services.webrtc.playout import BYTES_PER_MS, Playout
 
 from .audio import PCM, AudioConverter, AudioFormat
 
@@ -82,7 +82,7 @@ class OutputAudioBuffer:
             if not response.started:
                 response.started = True
                 out.append(self._event("output_audio_buffer.started", response))
-            response.played_bytes += round(report.ms * BYTES_PER_MS)
+            response.played_bytes += round(report.ms * PCM24K.bytes_per_ms)
             out += self._stop_if_drained(response)
         return out
 

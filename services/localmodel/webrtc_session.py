@@ -33,9 +33,9 @@ from typing import Any, Final, Protocol
 
 from aiortc import RTCPeerConnection
 
+from services.media.playout import PCM24K, Playout
 from services.media.vocabulary import Played
 from services.webrtc import jitter
-from services.webrtc.playout import FRAME_MS, Playout
 from services.webrtc.track import PacedTrack, read_caller
 
 from .engine import RealtimeEngine
@@ -77,7 +77,7 @@ class WebRTCSession:
         self.io = io
         self.connect_s = connect_s
         # A report per frame: the buffer's `started` goes out with the response's first frame.
-        self.playout = Playout(report_ms=FRAME_MS)
+        self.playout = Playout(report_ms=PCM24K.frame_ms)
         self.buffer = OutputAudioBuffer(self.playout, engine.new_id)
         self.track = PacedTrack(self.playout, self._played)
         self.channel: Any = None

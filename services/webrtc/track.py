@@ -1,9 +1,9 @@
 """The I/O half of a browser call's audio: the paced outbound track and the inbound reader.
 
 :class:`PacedTrack` is the track aiortc sends: every 20 ms of a monotonic clock it takes one
-frame from its :class:`~.playout.Playout` (silence when idle), so a barge-in's ``clear`` takes
-effect in the next tick, and what it hands out is what it reports played. aiortc encodes it to
-Opus (resampling to 48 kHz itself).
+frame from its :class:`~services.media.playout.Playout` (24 kHz PCM16; silence when idle), so a
+barge-in's ``clear`` takes effect in the next tick, and what it hands out is what it reports
+played. aiortc encodes it to Opus (resampling to 48 kHz itself).
 
 :func:`read_caller` drains the caller's track: aiortc decodes Opus to s16 stereo 48 kHz frames
 of 960 samples (reference/webrtc-sip.md §2.1); each becomes 20 ms of mono 24 kHz PCM16, the
@@ -22,9 +22,11 @@ import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from services.media.playout import PCM24K, Playout
 from services.media.vocabulary import Played
-from services.webrtc.playout import FRAME_MS, RATE, Playout
 
+RATE = PCM24K.rate
+FRAME_MS = PCM24K.frame_ms
 SAMPLES = RATE * FRAME_MS // 1000
 TIME_BASE = fractions.Fraction(1, RATE)
 
@@ -39,8 +41,10 @@ class PacedTrack(MediaStreamTrack):
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_late: Callable[[float], None] | None = None,
     ) -> None:
         super().__init__()
+        self._on_late = on_late  # how late each frame is handed to aiortc (seconds)
         self.playout = playout
         self._on_played = on_played
         self._clock = clock
@@ -57,10 +61,14 @@ class PacedTrack(MediaStreamTrack):
         due = self._start + self._n * FRAME_MS / 1000
         if due > now:
             await self._sleep(due - now)
+            if self._on_late is not None:
+                self._on_late(max(0.0, self._clock() - due))
         elif now - due > 0.2:
             # The loop stalled for longer than a jitter buffer hides: start the clock again
             # rather than send a burst to catch up.
             self._start, self._n = now, 0
+        elif self._on_late is not None:
+            self._on_late(now - due)
         pcm, played = self.playout.next_frame()
         if played:
             self._on_played(played)
@@ -89,8 +97,13 @@ class Downmix:
         )
 
 
-async def read_caller(track: Any, deliver: Callable[[bytes], None]) -> None:
-    """Deliver the caller's audio until the track ends."""
+async def read_caller(
+    track: Any,
+    deliver: Callable[[bytes], None],
+    delivered: Callable[[int], None] | None = None,
+) -> None:
+    """Deliver the caller's audio until the track ends; ``delivered`` is told each delivered
+    frame's ``pts`` (aiortc's: the RTP timestamp less the first one)."""
     downmix = Downmix()
     while True:
         try:
@@ -100,3 +113,5 @@ async def read_caller(track: Any, deliver: Callable[[bytes], None]) -> None:
         pcm = downmix(frame)
         if pcm:
             deliver(pcm)
+            if delivered is not None and frame.pts is not None:
+                delivered(frame.pts)

@@ -18,11 +18,11 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from services.config import LocalModelSettings, Secret
 from services.errors import ProviderError, TransportClosed
 from services.localmodel.server import LocalModelServer
+from services.media.playout import Playout
 from services.realtime.transports.base import TransportAudio
 from services.realtime.transports.webrtc import OpenAIRealtimeWebRTC
 from services.telephony.g711 import ulaw_encode
 from services.webrtc import ice
-from services.webrtc.playout import Playout
 from services.webrtc.track import PacedTrack
 from tests.conftest import TIMEOUT_FACTOR
 from tests.integration.test_gateway import SignedCaller, running_gateway

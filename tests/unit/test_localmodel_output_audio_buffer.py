@@ -11,8 +11,11 @@ import numpy as np
 
 from services.localmodel.audio import PCM, PCMU, AudioFormat, encode
 from services.localmodel.output_audio_buffer import OutputAudioBuffer
-from services.webrtc.playout import FRAME_BYTES, FRAME_MS, Playout
+from services.media.playout import PCM24K, Playout
 from tests.wire import validate_server_event
+
+FRAME_BYTES = PCM24K.frame_bytes
+FRAME_MS = PCM24K.frame_ms
 
 
 class Harness:

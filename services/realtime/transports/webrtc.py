@@ -44,12 +44,12 @@ from aiortc import (
 
 from services.config import DEFAULT_MODEL
 from services.errors import NotConnected, ProviderError, TransportClosed, TransportError, UserError
+from services.media.playout import Playout
 from services.realtime.playback import PlaybackSource
 from services.realtime.transports.base import TransportAudio, TransportErrorEvent
 from services.realtime.transports.openai_base import OpenAIRealtimeBase
 from services.realtime.transports.webrtc_audio import FromTrack, ToTrack
 from services.realtime.wire import JSON
-from services.webrtc.playout import Playout
 from services.webrtc.track import PacedTrack, read_caller
 
 logger = logging.getLogger(__name__)
