@@ -66,6 +66,9 @@ class RouterActor:
     async def evacuate(self, host_id: str) -> str:
         return await self.core.evacuate(host_id)
 
+    def host_handles(self) -> dict[str, Any]:
+        return self.core.host_handles()
+
     def status(self) -> dict[str, Any]:
         return self.core.status()
 

@@ -64,6 +64,42 @@ def _ingress(up: Up) -> psutil.Process:
     raise RuntimeError("no IngressActor process under callray up")
 
 
+def _histograms(port: int, name: str) -> dict[str, Any]:
+    """The node's histogram ``name`` per label set, as Prometheus would read it: the count, and
+    the upper bound of the bucket holding p50 and p99 (bucket resolution, not exact)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    series: dict[str, list[tuple[float, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if sample.name == name + "_bucket":
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "le")
+                series.setdefault(labels, []).append((float(sample.labels["le"]), sample.value))
+    out: dict[str, Any] = {}
+    for labels, buckets in series.items():
+        buckets.sort()
+        count = buckets[-1][1]
+        if not count:
+            continue
+
+        def bound(
+            q: float, buckets: list[tuple[float, float]] = buckets, count: float = count
+        ) -> float:
+            return next(le for le, n in buckets if n >= q * count) * 1000
+
+        out[labels or "all"] = {
+            "n": int(count),
+            "p50_le_ms": bound(0.5),
+            "p99_le_ms": bound(0.99),
+            "within_5ms": round(next((n for le, n in buckets if le >= 0.005), count) / count, 4),
+        }
+    return out
+
+
 def _calls_up(port: int) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
         return int(json.loads(reply.read())["calls"])
@@ -109,6 +145,12 @@ async def scripted_phase(up: Up, args: argparse.Namespace) -> dict[str, Any]:
         "calls": args.calls,
         "answered": len(callers),
         "offer_to_answer": _summary_ms([c.offer_s for c in callers]),
+        "offer_at_ingress": await asyncio.to_thread(
+            _histograms, up.port, "callray_webrtc_offer_seconds"
+        ),
+        "call_setup_at_host": await asyncio.to_thread(
+            _histograms, up.port, "callray_call_setup_seconds"
+        ),
         "click_to_first_audio": _summary_ms(first_audio),
         "calls_up_before_tabs_closed": before,
         "tabs_closed_to_all_ended_s": None if ended_after is None else round(ended_after, 2),
@@ -151,6 +193,7 @@ async def echo_phase(up: Up, args: argparse.Namespace, calls: int) -> dict[str, 
             later = [h for h in heard if sent < h < sent + 1.5]
             if later:
                 round_trips.append(later[0] - sent)
+    added = await asyncio.to_thread(_histograms, up.port, "callray_ingress_added_seconds")
     for caller in callers:
         await caller.hang_up()
     cpu_s = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
@@ -159,6 +202,7 @@ async def echo_phase(up: Up, args: argparse.Namespace, calls: int) -> dict[str, 
     return {
         "calls": calls,
         "answered": len(callers),
+        "ingress_added": added,
         "seconds": round(elapsed, 1),
         "ingress_cpu_cores": round(cpu_s / elapsed, 3),
         "ingress_cpu_per_call_pct": round(per_call * 100, 2),

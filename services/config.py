@@ -149,6 +149,8 @@ class WebRTCSettings:
     advertise_address: str | None = None
     # STUN/TURN URLs; none by default (aiortc's own default is a public STUN server).
     ice_servers: tuple[str, ...] = ()
+    # UDP ports (first, last) the ingress's ICE host candidates bind; None: any free port.
+    port_range: tuple[int, int] | None = None
     # Offered candidates on private addresses are tried (False: only public ones).
     allow_private_candidates: bool = True
     # Offers from one address beyond this rate (per second, with a burst of twice it) get 429.
@@ -345,6 +347,7 @@ def load_webrtc_settings(env: Mapping[str, str]) -> WebRTCSettings:
             raise ConfigError(f"CALLRAY_WEBRTC_ICE_SERVERS holds stun:/turn: URLs, got {url!r}")
     private = env.get("CALLRAY_WEBRTC_ALLOW_PRIVATE", "").strip().lower()
     return WebRTCSettings(
+        port_range=_port_range(env, "CALLRAY_WEBRTC_PORT_RANGE"),
         token_secret=Secret(env.get("CALLRAY_WEBRTC_TOKEN_SECRET", "").strip()),
         ice_addresses=addresses,
         advertise_address=advertise,
@@ -357,6 +360,23 @@ def load_webrtc_settings(env: Mapping[str, str]) -> WebRTCSettings:
         silence_s=_float(env, "CALLRAY_WEBRTC_SILENCE_S", d.silence_s),
         ek_ttl_s=_ek_ttl(env),
     )
+
+
+def _port_range(env: Mapping[str, str], name: str) -> tuple[int, int] | None:
+    """``first-last``, both in 1024..65535; empty: None."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    first, sep, last = raw.partition("-")
+    try:
+        bounds = (int(first), int(last))
+    except ValueError:
+        bounds = (0, 0)
+    if not sep or not 1024 <= bounds[0] <= bounds[1] <= 65535:
+        raise ConfigError(
+            f"{name} must be FIRST-LAST with 1024 <= FIRST <= LAST <= 65535, got {raw!r}"
+        )
+    return bounds
 
 
 def _ek_ttl(env: Mapping[str, str]) -> float:

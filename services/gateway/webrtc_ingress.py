@@ -41,6 +41,7 @@ from services.gateway.front_door import SourceRate
 from services.gateway.ingress_core import Busy, IngressCore, Refused
 from services.gateway.refusals import Refusals
 from services.http_body import BodyTooLarge, read_bounded
+from services.media.playout import Playout
 from services.media.vocabulary import (
     AudioDone,
     CallSpec,
@@ -55,7 +56,6 @@ from services.observability import metrics
 from services.telephony.stream_tokens import StreamTokens
 from services.webrtc import ice, jitter
 from services.webrtc.offer import MAX_OFFER_BYTES, CandidatePolicy, check_offer
-from services.webrtc.playout import Playout
 from services.webrtc.track import PacedTrack, read_caller
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,13 @@ class WebRTCLeg:
         self.pc = pc
         self._settings = settings
         self.playout = Playout()
-        self.track = PacedTrack(self.playout, self._played)
+        self.track = PacedTrack(
+            self.playout, self._played, on_late=lambda s: metrics.ingress_added("webrtc", "out", s)
+        )
+        # When each of the caller's frames left the jitter buffer, by aiortc's pts (the RTP
+        # timestamp less the first one released): the start of the ingress's own work on it.
+        self._released: dict[int, float] = {}
+        self._first_timestamp: int | None = None
         self.channel: Any = None
         self.connected = asyncio.Event()
         self.finished = asyncio.Event()
@@ -127,6 +133,18 @@ class WebRTCLeg:
         self.heard_at = time.monotonic()
         self._core.caller_audio(self.call_id, pcm)
 
+    def frame_released(self, timestamp: int) -> None:
+        if self._first_timestamp is None:
+            self._first_timestamp = timestamp
+        self._released[(timestamp - self._first_timestamp) % (1 << 32)] = time.monotonic()
+        if len(self._released) > 32:  # a frame that never decoded
+            del self._released[next(iter(self._released))]
+
+    def _delivered(self, pts: int) -> None:
+        released = self._released.pop(pts, None)
+        if released is not None:
+            metrics.ingress_added("webrtc", "in", time.monotonic() - released)
+
     def _page_message(self, message: object) -> None:
         """What the page sends on the data channel: ``{"type": "dtmf", "digit": "5"}`` (its
         keypad). Anything else — not JSON, too large, unknown — is dropped and counted."""
@@ -162,7 +180,7 @@ class WebRTCLeg:
         @pc.on("track")
         def on_track(track: Any) -> None:
             if track.kind == "audio":
-                self.spawn(read_caller(track, self._heard))
+                self.spawn(read_caller(track, self._heard, self._delivered))
 
         @pc.on("datachannel")
         def on_datachannel(channel: Any) -> None:
@@ -245,6 +263,7 @@ class WebRTCIngress:
         self.legs: dict[str, WebRTCLeg] = {}
         self._calls: set[asyncio.Task[None]] = set()
         ice.install(self._webrtc.ice_addresses)
+        ice.install_port_range(self._webrtc.port_range)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/webrtc/token", self.token)
@@ -278,6 +297,7 @@ class WebRTCIngress:
     # ----- an offer ------------------------------------------------------------------------------
 
     async def offer(self, request: web.Request) -> web.Response:
+        began = time.monotonic()
         source = request.remote or "?"
         if not self._rate.allow(source, time.monotonic()):
             return self._refuse(request, 429, "rate", "too many offers")
@@ -308,7 +328,9 @@ class WebRTCIngress:
         pc = RTCPeerConnection(ice.rtc_configuration(self._webrtc))
         leg = WebRTCLeg(call_id, self._core, pc, self._webrtc)
         spec = CallSpec(call_id, transport="webrtc", audio_format="audio/pcm")
+        admitting = time.monotonic()
         opened = await self._core.open(spec, leg, redeemed)  # admission before any ICE work
+        negotiating = time.monotonic()
         if isinstance(opened, Refused):
             await pc.close()
             status = 401 if opened.code == 1008 else 503
@@ -324,18 +346,31 @@ class WebRTCIngress:
                 if transceiver.kind == "audio":
                     # Before any RTP, which flows only once ICE and DTLS are up. aiortc's own
                     # buffer stays ~300 ms deep after one lost packet (bench/jitter.py).
-                    jitter.install(transceiver.receiver, jitter.AudioJitterBuffer(prefetch=1))
+                    jitter.install(
+                        transceiver.receiver,
+                        jitter.AudioJitterBuffer(prefetch=1, on_release=leg.frame_released),
+                    )
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc refused what our check let through
             leg.caller_gone("bad_offer")
             self._core.release(call_id, leg)
             await leg.close()
             return self._refuse(request, 400, "bad_sdp", f"the offer could not be used: {exc}")
+        answer = ice.advertise(pc.localDescription.sdp, self._webrtc.advertise_address)
+        if "\r\na=candidate:" not in answer:  # no address to gather on, or the port range full
+            leg.caller_gone("no_media_port")
+            self._core.release(call_id, leg)
+            await leg.close()
+            logger.warning("an offer found no UDP port to gather on (CALLRAY_WEBRTC_PORT_RANGE)")
+            return self._refuse(request, 503, "no_port", "no media port free")
         self.legs[call_id] = leg
         task = asyncio.ensure_future(self._run(leg))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
-        answer = ice.advertise(pc.localDescription.sdp, self._webrtc.advertise_address)
+        answered = time.monotonic()
+        metrics.webrtc_offer("admit", negotiating - admitting)
+        metrics.webrtc_offer("negotiate", answered - negotiating)
+        metrics.webrtc_offer("total", answered - began)
         return web.Response(
             status=201,
             text=answer,

@@ -122,6 +122,20 @@ MEDIA_HOP_SECONDS = Histogram(
     ["direction"],
     buckets=_FAST,
 )
+WEBRTC_OFFER_SECONDS = Histogram(
+    "callray_webrtc_offer_seconds",
+    "A browser's offer at the ingress, by phase: admit (token, router, the host's model"
+    " session), negotiate (aiortc's answer) and total (request read to answer sent)",
+    ["phase"],
+    buckets=_SLOW,
+)
+INGRESS_ADDED_SECONDS = Histogram(
+    "callray_ingress_added_seconds",
+    "The ingress's own work on a media frame, by transport and direction (in: decoded frame to"
+    " the host link; out: model audio received to queued for the caller's next tick)",
+    ["transport", "direction"],
+    buckets=_FAST,
+)
 
 
 FRONT_DOOR_REFUSED = Counter(
@@ -265,6 +279,11 @@ def _media_hop(direction: str) -> _HopSampler:
     return _HopSampler(MEDIA_HOP_SECONDS.labels(direction))
 
 
+@functools.cache
+def _ingress_added(transport: str, direction: str) -> _HopSampler:
+    return _HopSampler(INGRESS_ADDED_SECONDS.labels(transport, direction))
+
+
 class _HopSampler:
     __slots__ = ("_child", "_due")
 
@@ -347,6 +366,15 @@ def media_dropped(direction: str, count: int) -> None:
 
 def barge_in_clear(transport: str, seconds: float) -> None:
     BARGE_IN_CLEAR_SECONDS.labels(transport).observe(seconds)
+
+
+def ingress_added(transport: str, direction: str, seconds: float) -> None:
+    """Sampled like the media hop: at most one observation per ``HOP_SAMPLE_S`` per pair."""
+    _ingress_added(transport, direction).observe(seconds)
+
+
+def webrtc_offer(phase: str, seconds: float) -> None:
+    WEBRTC_OFFER_SECONDS.labels(phase).observe(seconds)
 
 
 def media_hop(direction: str, seconds: float) -> None:

@@ -57,6 +57,7 @@ from services.realtime.transports.webrtc import OpenAIRealtimeWebRTC
 from services.realtime.transports.websocket import OpenAIRealtimeWebSocket, WebSocketFactory
 from services.runtime.conversations import ConversationStore, Items, MemoryConversations
 from services.runtime.events import EventSink
+from services.runtime.held_transcripts import HeldTranscripts, Line
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ class CallSession(CallControl):
         self._clock = clock
         per_ms = bytes_per_ms(normalize_format(spec.audio_format))
         self.tracker = PlaybackTracker(per_ms)
+        self._transcripts = HeldTranscripts(per_ms)
         self._append_bytes = max(1, int(append_ms * per_ms))
         self._pending_audio = bytearray()
         # Playback is observed at the ingress, one hop away: truncations wait for its figure.
@@ -235,6 +237,7 @@ class CallSession(CallControl):
         if self._cut_timer is not None:
             self._cut_timer.cancel()
         self._pending_audio.clear()
+        self._write_transcript(self._transcripts.flush())
         try:
             await self.session.close()
         except Exception:
@@ -267,6 +270,7 @@ class CallSession(CallControl):
             return
         if isinstance(message, Played):
             self.tracker.on_play_ms(message.item_id, message.content_index, message.ms)
+            self._write_transcript(self._transcripts.played(message.item_id, message.ms))
         elif isinstance(message, PlaybackCut):
             self._settle_interruption(message.heard)
         elif isinstance(message, Dtmf):
@@ -350,6 +354,7 @@ class CallSession(CallControl):
         s.on("agent_end", self._on_agent_end)
         t.on("*", self._on_raw)
         t.on("response.output_audio_transcript.done", self._on_assistant_transcript)
+        t.on("conversation.item.truncated", self._on_truncated)
         t.on("conversation.item.input_audio_transcription.completed", self._on_user_transcript)
         t.on("connection_change", self._on_connection)
         t.on("audio_done", self._on_audio_done)
@@ -357,10 +362,12 @@ class CallSession(CallControl):
 
     def _on_audio(self, audio: TransportAudio) -> None:
         metrics.media_frames("out", 1)
+        self._transcripts.audio(audio.item_id, len(audio.data))
         self._out(PlayAudio(self.call_id, audio.data, audio.item_id, audio.content_index))
 
     def _on_audio_done(self, item_id: str) -> None:
         self._out(AudioDone(self.call_id, item_id))
+        self._write_transcript(self._transcripts.audio_done(item_id))
 
     def _on_interrupted(self, _agent: RealtimeAgent) -> None:
         self._out(ClearPlayback(self.call_id, time.time()))
@@ -385,7 +392,24 @@ class CallSession(CallControl):
         metrics.model_event(kind if kind in _KNOWN_EVENTS else "unknown")  # bounded labels
 
     def _on_assistant_transcript(self, event: se.OutputAudioTranscriptDone) -> None:
-        self._events.emit("transcript", self.call_id, role="assistant", text=event.transcript)
+        # Held until the caller has heard the item out, or cut it (held_transcripts.py).
+        self._write_transcript(self._transcripts.text(event.item_id, event.transcript))
+
+    def _on_truncated(self, event: se.ConversationItemTruncated) -> None:
+        self._write_transcript(self._transcripts.cut(event.item_id, event.audio_end_ms))
+
+    def _write_transcript(self, lines: list[Line]) -> None:
+        for line in lines:
+            fields: dict[str, Any] = {"item_id": line.item_id}
+            if line.interrupted:
+                fields |= {
+                    "interrupted": True,
+                    "heard_ms": line.heard_ms,
+                    "audio_ms": line.audio_ms,
+                }
+            self._events.emit(
+                "transcript", self.call_id, role="assistant", text=line.text, **fields
+            )
 
     def _on_user_transcript(self, event: se.InputAudioTranscriptionCompleted) -> None:
         self._events.emit("transcript", self.call_id, role="user", text=event.transcript)

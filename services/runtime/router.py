@@ -194,6 +194,10 @@ class RouterCore:
         self.placement.release(call_id)
         self._transport_of.pop(call_id, None)
 
+    def host_handles(self) -> dict[str, Any]:
+        """Every registered host's handle, by host id."""
+        return {host_id: host.handle for host_id, host in self._hosts.items()}
+
     def status(self) -> dict[str, Any]:
         return {
             "calls": self.placement.active_calls,

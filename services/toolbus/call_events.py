@@ -11,7 +11,9 @@ Writers use :class:`CallEventLog`. Every entry has the fields ``v`` (envelope ve
                      on another host, whose session adds a second ``call.started``)
 ``model.disconnected`` (none): the model socket dropped mid-call; the session reconnects
 ``model.reconnected`` ``gap_ms``, ``attempts``, ``replayed`` (conversation items re-sent)
-``transcript``       ``role`` (user/assistant), ``text``
+``transcript``       ``role`` (user/assistant), ``text``; an assistant line also ``item_id``,
+                     and, when the caller cut it short, ``interrupted`` (true), ``heard_ms``
+                     and ``audio_ms`` (it is written once the caller heard it out or cut it)
 ``tool.called``      ``tool``, ``tool_call_id``
 ``tool.returned``    ``tool``, ``tool_call_id``, ``outcome``
 ``interrupted``      (none)

@@ -10,14 +10,21 @@ aiortc's defaults are wrong for a server (reference/webrtc-sip.md §2.2):
   addresses; tests on loopback name 127.0.0.1. ``tests/unit/test_webrtc_ice.py`` fails if
   aioice stops calling it by that name;
 * behind a 1:1 NAT (a Kubernetes node's address, a cloud VM's public IP) peers must be told the
-  outside address: :func:`advertise` rewrites the host candidates of an answer.
-
-A port range is not offered: aioice binds port 0 with no hook; deployments that must open
-ports in a firewall use TURN (``CALLRAY_WEBRTC_ICE_SERVERS``) or host networking.
+  outside address: :func:`advertise` rewrites the host candidates of an answer;
+* aioice binds each host candidate's socket to port 0 (``Connection.get_component_candidates``:
+  ``loop.create_datagram_endpoint(..., local_addr=(address, 0))``) and has no port setting, so
+  a firewall or a Kubernetes ``hostPort`` list could not be written for it.
+  :func:`install_port_range` (``CALLRAY_WEBRTC_PORT_RANGE``) gives aioice's module a view of
+  asyncio whose running loop binds those sockets to a free port of the range instead; every
+  other use of asyncio there passes straight through. ``tests/unit/test_webrtc_ice.py`` fails
+  if aioice stops binding that way. A call that finds the range full gets no candidate, and the
+  ingress refuses its offer with 503 rather than answer one that cannot connect.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +61,80 @@ def reset() -> None:
     global _installed
     _installed = None
     aioice.ice.get_host_addresses = _original
+
+
+class PortRange:
+    """Free UDP ports in ``first..last``, tried round-robin from after the last one bound, so a
+    port just released (its call ended) is the last to be reused."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+        self._next = first
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        return self.first, self.last
+
+    async def bind(
+        self, loop: asyncio.AbstractEventLoop, factory: Callable[[], Any], address: str
+    ) -> tuple[Any, Any]:
+        size = self.last - self.first + 1
+        for _ in range(size):
+            port = self._next
+            self._next = self.first + (port - self.first + 1) % size
+            try:
+                return await loop.create_datagram_endpoint(factory, local_addr=(address, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise OSError(errno.EADDRINUSE, f"no free UDP port in {self.first}-{self.last}")
+
+
+class _RangedLoop:
+    """The running loop as aioice's module sees it: host-candidate sockets bind in the range."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ports: PortRange) -> None:
+        self._loop = loop
+        self._ports = ports
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    async def create_datagram_endpoint(
+        self, factory: Callable[[], Any], local_addr: Any = None, **kwargs: Any
+    ) -> tuple[Any, Any]:
+        if local_addr is not None and local_addr[1] == 0 and not kwargs:
+            return await self._ports.bind(self._loop, factory, local_addr[0])
+        return await self._loop.create_datagram_endpoint(factory, local_addr=local_addr, **kwargs)
+
+
+class _AsyncioWithPortRange:
+    """asyncio for aioice's module, but for :func:`get_running_loop`."""
+
+    def __init__(self, ports: PortRange) -> None:
+        self.ports = ports
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    def get_running_loop(self) -> _RangedLoop:
+        return _RangedLoop(asyncio.get_running_loop(), self.ports)
+
+
+def install_port_range(ports: tuple[int, int] | None) -> None:
+    """Bind host candidates within ``ports`` (first, last), process-wide; None changes nothing."""
+    if ports is None:
+        return
+    current = getattr(aioice.ice, "asyncio", None)
+    if isinstance(current, _AsyncioWithPortRange) and current.ports.bounds == ports:
+        return
+    setattr(aioice.ice, "asyncio", _AsyncioWithPortRange(PortRange(*ports)))  # noqa: B010
+    logger.info("WebRTC binds ICE host candidates on UDP ports %d-%d", *ports)
+
+
+def reset_port_range() -> None:
+    """aioice's own port choice again (tests)."""
+    setattr(aioice.ice, "asyncio", asyncio)  # noqa: B010
 
 
 def rtc_configuration(settings: WebRTCSettings) -> Any:

@@ -25,13 +25,17 @@ next position to hand out. On each packet added:
   ``prefetch + 1``: a lost packet then costs no latency at all, and a packet reordered by up
   to ``prefetch`` positions is still used. ``bench/jitter.py`` chose prefetch 1.
 
-Nothing here reads a clock: time is the order in which packets are added (the receiver calls
-us only then). A browser sends a packet every 20 ms, as our answer does not ask for Opus DTX
-(RFC 7587 §6.1), so waiting for a later packet is waiting 20 ms; only the last frame before a
-burst of losses waits for the burst to end.
+Nothing here reads a clock: time is the order in which packets are added (the receiver calls us
+only then); ``on_release`` tells the I/O side each frame's RTP timestamp as it leaves, so the
+ingress can time its own work from there (``callray_ingress_added_seconds``). A browser sends a
+packet every 20 ms, as our answer does not ask for Opus DTX (RFC 7587 §6.1), so waiting for a
+later packet is waiting 20 ms; only the last frame before a burst of losses waits for the burst
+to end.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
@@ -52,7 +56,12 @@ class AudioJitterBuffer:
     """One audio receiver's buffer; the contract is the module's docstring."""
 
     def __init__(
-        self, *, prefetch: int = 1, skip_after: int | None = None, capacity: int = 16
+        self,
+        *,
+        prefetch: int = 1,
+        skip_after: int | None = None,
+        capacity: int = 16,
+        on_release: Callable[[int], None] | None = None,
     ) -> None:
         skip = prefetch + 1 if skip_after is None else skip_after
         if prefetch < 0 or skip < 1 or capacity <= max(prefetch, skip):
@@ -63,6 +72,7 @@ class AudioJitterBuffer:
         self.prefetch = prefetch
         self.skip_after = skip
         self._capacity = capacity
+        self._on_release = on_release
         self._packets: dict[int, RtpPacket] = {}
         self._head: int | None = None
         self._newest = 0
@@ -114,6 +124,8 @@ class AudioJitterBuffer:
             return None
         del self._packets[head]
         self._head = head + 1
+        if self._on_release is not None:
+            self._on_release(packet.timestamp)
         # The receiver stores the depayloaded payload as ``_data`` (for audio, the payload).
         return JitterFrame(
             data=getattr(packet, "_data", packet.payload), timestamp=packet.timestamp

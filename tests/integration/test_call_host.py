@@ -251,3 +251,28 @@ async def test_caller_audio_is_appended_to_the_model_once_append_ms_has_gathered
     # Two appends of 60 ms, in order; the seventh frame waits for the next two.
     assert appended() == [b"".join(frames[0:3]), b"".join(frames[3:6])]
     await host.close_all("test_end")
+
+
+async def test_an_agent_line_cut_short_is_written_once_with_what_the_caller_heard(
+    host: CallHost, events: ListEventSink, wire: WireValidator
+) -> None:
+    # The model sends the greeting's transcript long before the caller has heard it: the call
+    # log must not say the agent said what the caller never heard.
+    await host.open_call(CallSpec("c1"))
+    got = await collect(host, lambda got: sum(isinstance(c, PlayAudio) for c in got) > 10, "audio")
+    item = next(c.item_id for c in got if isinstance(c, PlayAudio))
+    assert not [f for k, _c, f in events.events if k == "transcript"]  # held, not yet heard
+    host.feed([("c1", Played(item, 0, 100.0)), ("c1", speech(400))])
+    await collect(host, lambda got: ClearPlayback("c1") in got, "clear")
+    host.feed([("c1", PlaybackCut(((item, 0, 140),)))])
+
+    def lines() -> list[dict[str, Any]]:
+        return [f for k, _c, f in events.events if k == "transcript" and f["role"] == "assistant"]
+
+    async with asyncio.timeout(5 * TIMEOUT_FACTOR):
+        while not lines():
+            await asyncio.sleep(0.01)
+    [line] = lines()
+    assert line["item_id"] == item and line["text"]
+    assert line["interrupted"] is True and line["heard_ms"] == 140
+    assert line["audio_ms"] > 140

@@ -209,3 +209,30 @@ async def test_an_offer_arriving_in_pieces_is_read_whole(wire: WireValidator) ->
         assert b" 201 " in status_line, status_line
         writer.close()
         await caller.close()
+
+
+async def test_with_its_port_range_full_an_offer_gets_503_and_frees_its_seat(
+    wire: WireValidator,
+) -> None:
+    # A recorded offer, not an aiortc caller: the range is process-wide, and a caller in this
+    # process would gather in it too.
+    import socket
+
+    from services.webrtc import ice
+
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind(("127.0.0.1", 0))
+    port = blocker.getsockname()[1]
+    ranged = WebRTCSettings(ice_addresses=("127.0.0.1",), port_range=(port, port))
+    try:
+        async with running_gateway(wire, webrtc=ranged, capacity=1) as (base, host):
+            status, text = await _post_offer(base, OFFER)
+            assert (status, text) == (503, '{"error": "no media port free"}')
+            await until(lambda: host.calls == {}, "the refused call's session ended")
+            blocker.close()  # the port is free again: the next offer's answer is on it
+            status, text = await _post_offer(base, OFFER)
+            assert status == 201, text  # capacity 1: the refused call's seat was freed
+            assert f" {port} typ host" in text
+    finally:
+        blocker.close()
+        ice.reset_port_range()

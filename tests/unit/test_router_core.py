@@ -211,3 +211,18 @@ async def test_only_a_draining_host_can_be_evacuated() -> None:
     core.register_host("a", FakeHost(), "a-handle", 5, 1)
     with pytest.raises(CallrayError, match="not draining"):
         await core.evacuate("a")
+
+
+async def test_host_handles_lists_every_registered_host_until_it_is_released() -> None:
+    # The ingress takes these at start (actors/ingress.py: the warm-up), so it must see each
+    # host the router would place a call on, and only those.
+    core = RouterCore(cluster_capacity=10, events=ListEventSink(), sleep=VirtualTime().sleep)
+    core.register_host("a", FakeHost(), "handle-a", 5, 1)
+    core.register_host("b", FakeHost(), "handle-b", 5, 2)
+    assert core.host_handles() == {"a": "handle-a", "b": "handle-b"}
+    assert core.drain("a")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert core.released == ["a"]
+    assert core.host_handles() == {"b": "handle-b"}
+    await core.close()

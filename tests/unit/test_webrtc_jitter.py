@@ -174,3 +174,13 @@ def test_settings_it_cannot_honour_are_refused() -> None:
             AudioJitterBuffer(**bad)
     assert AudioJitterBuffer(prefetch=2).skip_after == 3
     assert AudioJitterBuffer().capacity == 16
+
+
+def test_each_released_frame_is_told_by_its_rtp_timestamp_once() -> None:
+    # The ingress times its own work on a frame from here (callray_ingress_added_seconds).
+    told: list[int] = []
+    buffer = AudioJitterBuffer(prefetch=1, on_release=told.append)
+    released = feed(buffer, [0, 2, 1, 3, 5, 6, 7])  # 4 lost
+    frames = [n for n in released if n is not None]
+    assert told == [(7 + n * SAMPLES) % (1 << 32) for n in frames]
+    assert frames == [0, 1, 2, 3, 5, 6]
