@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(espeak-ng redis-server iproute2 util-linux)
-# Best effort, on its own: Debian's chromium drives tests/e2e (which skip without it); Ubuntu's
-# apt has only a snap stub, which must not stop the setup.
-OPTIONAL_APT_PACKAGES=(chromium)
+# Best effort, each on its own: Debian's chromium drives tests/e2e (which skip without it);
+# Ubuntu's apt has only a snap stub, which must not stop the setup. sip-tester (sipp) and
+# baresip-core are the SIP peers of tests/sip (skipped without them, except under CI=true).
+OPTIONAL_APT_PACKAGES=(chromium sip-tester baresip-core)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -30,9 +31,9 @@ for pkg in "${OPTIONAL_APT_PACKAGES[@]}"; do
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null \
         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
              --no-install-recommends "$pkg" >/dev/null; } \
-        || echo "setup: could not install $pkg; tests/e2e will skip"
+        || echo "setup: could not install $pkg; the tests that need it will skip"
     else
-      echo "setup: $pkg is not installed: tests/e2e will skip (sudo apt-get install $pkg)"
+      echo "setup: $pkg is not installed: the tests that need it will skip (sudo apt-get install $pkg)"
     fi
   fi
 done

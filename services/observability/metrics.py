@@ -122,6 +122,29 @@ MEDIA_HOP_SECONDS = Histogram(
     ["direction"],
     buckets=_FAST,
 )
+SIP_MESSAGES = Counter(
+    "callray_sip_messages_total",
+    "SIP messages by direction (in, out), method (of the request, or the one a response"
+    " answers) and status code (0 for requests)",
+    ["direction", "method", "code"],
+)
+SIP_INVITE_SECONDS = Histogram(
+    "callray_sip_invite_seconds",
+    "From an INVITE's arrival to our final response to it (200 OK: the model session is up)",
+    ["code"],
+    buckets=_SLOW,
+)
+RTP_DROPPED = Counter(
+    "callray_rtp_dropped_total",
+    "RTP packets dropped by the SIP ingress, by reason (source, payload_type, short, version,"
+    " csrc, extension, padding, oversize, duplicate, late, dtmf_flood, ...)",
+    ["reason"],
+)
+JITTER_DEPTH = Histogram(
+    "callray_sip_jitter_depth_packets",
+    "Packets each SIP call's jitter buffer holds, sampled once a second per call",
+    buckets=(0, 1, 2, 3, 4, 8),
+)
 WEBRTC_OFFER_SECONDS = Histogram(
     "callray_webrtc_offer_seconds",
     "A browser's offer at the ingress, by phase: admit (token, router, the host's model"
@@ -371,6 +394,22 @@ def barge_in_clear(transport: str, seconds: float) -> None:
 def ingress_added(transport: str, direction: str, seconds: float) -> None:
     """Sampled like the media hop: at most one observation per ``HOP_SAMPLE_S`` per pair."""
     _ingress_added(transport, direction).observe(seconds)
+
+
+def sip_message(direction: str, method: str, code: int = 0) -> None:
+    SIP_MESSAGES.labels(direction, method, str(code)).inc()
+
+
+def sip_invite(code: int, seconds: float) -> None:
+    SIP_INVITE_SECONDS.labels(str(code)).observe(seconds)
+
+
+def rtp_dropped(reason: str, n: int = 1) -> None:
+    RTP_DROPPED.labels(reason).inc(n)
+
+
+def jitter_depth(packets: int) -> None:
+    JITTER_DEPTH.observe(packets)
 
 
 def webrtc_offer(phase: str, seconds: float) -> None:
