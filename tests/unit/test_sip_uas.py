@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+from services.gateway.front_door import SourceRate
 from services.telephony.sip.digest import DigestAuthority, answer
 from services.telephony.sip.headers import new_branch
 from services.telephony.sip.message import SipRequest, SipResponse, parse
@@ -26,11 +27,15 @@ from services.telephony.sip.uas_events import (
 CAPTURES = Path(__file__).parents[1] / "fixtures" / "sip" / "captures"
 US = ("127.0.0.1", 5060)
 PEER = ("127.0.0.1", 5090)
-SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0 101\r\n"
+SDP = (
+    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=audio 40000 RTP/AVP 0 101\r\n"
+)
 
 
-def uas(**kw: object) -> UserAgentServer:
-    return UserAgentServer(UasSettings(local=US, **kw))  # type: ignore[arg-type]
+def uas(rate: float | None = None, **kw: object) -> UserAgentServer:
+    limit = SourceRate(rate=rate, burst=2 * rate).allow if rate else None
+    return UserAgentServer(UasSettings(local=US, **kw), allow_invite=limit)  # type: ignore[arg-type]
 
 
 def sent(out: list[Output]) -> list[SipRequest | SipResponse]:
@@ -253,7 +258,7 @@ def test_options_info_dtmf_and_the_refusals() -> None:
     required = core.receive(Uac("r1").invite(headers=[("Require", "100rel, foo")]), PEER, 0.0)
     assert statuses(required)[-1] == 420
     assert sent(required)[-1].headers.get_all("Unsupported") == ["100rel", "foo"]
-    incoming, _ = answered(core, uac)
+    answered(core, uac)
     info = uac.next(
         "INFO",
         headers=[("Content-Type", "application/dtmf-relay")],
@@ -286,7 +291,7 @@ def test_the_door_allow_list_digest_and_an_invite_flood() -> None:
         )[-1]
         == 407
     )
-    flood = uas(invites_per_source_s=5.0)
+    flood = uas(rate=5.0)
     codes = [statuses(flood.receive(Uac(f"f{n}").invite(), PEER, 0.0))[-1] for n in range(12)]
     assert codes[:10] == [100] * 10 and codes[10:] == [503, 503]
     assert statuses(flood.receive(Uac("later").invite(), PEER, 1.0))[-1] == 100

@@ -7,8 +7,8 @@ itself, as a SIP endpoint run next to Kamailio or FreeSWITCH is expected to:
 * **Admission at the door** (before any call state): a source outside ``allow_sources`` gets
   403, unless digest authentication is configured, in which case an INVITE without good
   credentials gets 407 (``stale=true`` when only the nonce aged, RFC 3261 §22, RFC 8760); an
-  INVITE flood from one address gets 503 + ``Retry-After`` past ``invites_per_source_s`` (so a
-  trunk fails over); ``Require`` of an extension we lack → 420 + ``Unsupported``; a
+  INVITE flood from one address gets 503 + ``Retry-After`` past the rate ``allow_invite``
+  keeps (so a trunk fails over); ``Require`` of an extension we lack → 420 + ``Unsupported``; a
   ``Session-Expires`` below our ``Min-SE`` → 422 (RFC 4028 §6).
 * **Calls**: a new INVITE → :class:`IncomingCall` (the adapter admits it through the router and
   answers ``accept``/``reject``; ``ringing`` sends 180). CANCEL before the answer → 487 and
@@ -36,7 +36,7 @@ import ipaddress
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from services.errors import SipError, UserError
@@ -90,19 +90,26 @@ class UasSettings:
     # ``authority`` set, a source outside them is challenged instead of refused.
     allow_sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
     authority: DigestAuthority | None = None
-    invites_per_source_s: float = 10.0  # with a burst of twice that
     min_se: int = 90  # RFC 4028 Min-SE
     timers: Timers = dataclasses.field(default_factory=Timers)
     answer_deadline_s: float = 32.0  # an INVITE the adapter has not answered by then: 408
 
 
 class UserAgentServer:
-    def __init__(self, settings: UasSettings) -> None:
+    """``allow_invite(source_host, now)`` rates new INVITEs per source (the gateway's
+    :class:`~services.gateway.front_door.SourceRate`); None: no limit."""
+
+    def __init__(
+        self,
+        settings: UasSettings,
+        *,
+        allow_invite: Callable[[str, float], bool] | None = None,
+    ) -> None:
         self.settings = settings
+        self._allow_invite = allow_invite
         self.layer = TransactionLayer(settings.timers)
         self.calls: dict[str, UasCall] = {}  # by key (Call-ID + From tag)
         self._dialogs: dict[DialogId, UasCall] = {}
-        self._rate: dict[str, tuple[float, float]] = {}  # source host → (tokens, at)
         self.messages: Counter[tuple[str, str, int]] = Counter()  # (direction, method, code)
         host = settings.advertise or settings.local[0]
         self._contact_host = f"[{host}]" if ":" in host else host
@@ -250,7 +257,7 @@ class UserAgentServer:
 
     def _admit(self, invite: SipRequest, source: Address, now: float) -> list[Output] | None:
         """None if the INVITE may go on; else the refusal to send."""
-        if not self._within_rate(source[0], now):
+        if self._allow_invite is not None and not self._allow_invite(source[0], now):
             return self._reply(invite, source, now, 503, [("Retry-After", "5")])
         allowed = self.settings.allow_sources
         if allowed is None or _in_networks(source[0], allowed):
@@ -271,19 +278,6 @@ class UserAgentServer:
             ("Proxy-Authenticate", value) for value in authority.challenge(now, stale=stale)
         ]
         return self._reply(invite, source, now, 407, challenge)
-
-    def _within_rate(self, host: str, now: float) -> bool:
-        rate = self.settings.invites_per_source_s
-        tokens, at = self._rate.get(host, (2 * rate, now))
-        tokens = min(2 * rate, tokens + (now - at) * rate)
-        if tokens < 1:
-            self._rate[host] = (tokens, now)
-            return False
-        self._rate[host] = (tokens - 1, now)
-        if len(self._rate) > 10_000:  # bounded: forget the sources seen longest ago
-            for stale in sorted(self._rate, key=lambda h: self._rate[h][1])[:1000]:
-                del self._rate[stale]
-        return True
 
     @staticmethod
     def _unsupported(request: SipRequest) -> str:
