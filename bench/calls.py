@@ -45,8 +45,8 @@ RESULTS = ROOT / "bench" / "results" / "calls.json"
 ACTOR_KINDS = ("IngressActor", "SessionHostActor", "ToolExecutorActor", "RouterActor")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -134,12 +134,14 @@ class Up:
     def __init__(self, scratch: Path, extra_env: dict[str, str]) -> None:
         self.port = _free_port()
         self.metrics_port = _free_port()
+        self.sip_port = _free_port(socket.SOCK_DGRAM)
         env = dict(os.environ)
         env.pop("OPENAI_API_KEY", None)
         env.update(
             {
                 "CALLRAY_MODEL_MODE": "echo",
                 "CALLRAY_PORT": str(self.port),
+                "CALLRAY_SIP_PORT": str(self.sip_port),
                 "CALLRAY_METRICS_PORT": str(self.metrics_port),
                 "CALLRAY_DATA_DIR": str(scratch / "data"),
                 "RAY_AUTH_MODE": "disabled",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from services import __doc__ as package_doc
 from services import aio
-from services.config import load_settings
+from services.config import load_settings, webhook_secret
 from services.errors import CallrayError, ConfigError
 from services.observability import logs
 
@@ -26,6 +26,12 @@ def _model_command(args: argparse.Namespace) -> int:
     from services.localmodel.server import LocalModelServer, serve_forever
 
     settings = load_settings().local_model
+    if args.webhook_url:
+        settings = replace(
+            settings,
+            webhook_url=args.webhook_url,
+            webhook_secret=webhook_secret(args.webhook_secret or "", "--webhook-secret"),
+        )
     settings = replace(
         settings,
         host=args.host,
@@ -39,11 +45,13 @@ def _model_command(args: argparse.Namespace) -> int:
 
     def banner(server: LocalModelServer) -> None:
         base = f"http://{settings.host}:{server.port}/v1"
+        sip = f"  SIP calls announced to: {settings.webhook_url}\n" if settings.webhook_url else ""
         print(
             f"callray local model: {server.url} (mode {settings.mode}, "
             f"scenario {settings.scenario or 'default'}, audio at {settings.speed:g}x real time)\n"
             f"  official client: AsyncOpenAI(base_url='{base}')\n"
             f"  WebRTC calls: POST {server.calls_url}\n"
+            f"{sip}"
             "  Ctrl-C stops it.",
             flush=True,
         )
@@ -138,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="fault injection: close each connection with 1011 after N client events",
+    )
+    model.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="announce each SIP call with a signed realtime.call.incoming webhook to URL "
+        "(e.g. http://127.0.0.1:8080/openai/sip/webhook)",
+    )
+    model.add_argument(
+        "--webhook-secret",
+        metavar="WHSEC",
+        help="the Standard Webhooks secret (whsec_...) the webhooks are signed with",
     )
     model.set_defaults(run=_model_command)
 

@@ -7,6 +7,8 @@ Ray actors as a constructor argument. Secrets never appear in ``repr``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -81,6 +83,12 @@ class LocalModelSettings:
     # Where its WebRTC calls (POST /v1/realtime/calls) gather ICE candidates; empty: aioice's
     # choice (every interface address but loopback). CALLRAY_WEBRTC_ICE_ADDRESSES.
     ice_addresses: tuple[str, ...] = ()
+    # SIP calls (services/localmodel/sip_calls.py): where each new one is announced with a
+    # signed realtime.call.incoming webhook (None: nowhere), the Standard Webhooks secret it is
+    # signed with (whsec_...), and how long a call waits for its accept before it is refused.
+    webhook_url: str | None = None
+    webhook_secret: Secret = Secret("")
+    sip_accept_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,31 @@ class WebRTCSettings:
 
 
 @dataclass(frozen=True)
+class SipSettings:
+    """Our SIP UAS and its RTP (services/gateway/sip_ingress.py)."""
+
+    # UDP port for SIP; None: no SIP ingress (the dataclass default, so a gateway built in a
+    # test does not take 5060). CALLRAY_SIP_PORT: 5060 unless "off".
+    port: int | None = None
+    host: str = "127.0.0.1"  # CALLRAY_SIP_HOST; RTP binds here too
+    # The address peers reach us at when it is not ``host`` (1:1 NAT, a node's address): our
+    # Contact and SDP c= carry it.
+    advertise_address: str | None = None
+    rtp_ports: tuple[int, int] = (20000, 29999)  # CALLRAY_RTP_PORTS, even ports used
+    # Sources (CIDRs) taken without authentication; empty: every source, unless users are set.
+    allow_sources: tuple[str, ...] = ()
+    # Digest credentials ("user:password,..."): a source outside allow_sources is challenged
+    # (407); the realm names them.
+    auth_users: Secret = Secret("")
+    auth_realm: str = "callray"
+    invites_per_source_s: float = 10.0  # new INVITEs a second from one address (burst: twice)
+    rtp_timeout_s: float = 30.0  # no RTP this long (not on hold): the caller is gone
+    # Where a transfer to a named queue goes ("billing" -> "sip:billing@pbx.example.com");
+    # a queue not named here goes to sip:<queue>@<the address the call came from>.
+    transfer_targets: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     """The front door: one port for Twilio's webhook and media streams, health and metrics."""
 
@@ -185,6 +218,10 @@ class GatewaySettings:
     max_pending_per_source: int = 100
     request_timeout_s: float = 10.0
     webrtc: WebRTCSettings = field(default_factory=WebRTCSettings)
+    # Verifies the webhooks of OpenAI's SIP connector (POST /openai/sip/webhook, Standard
+    # Webhooks, whsec_...); empty: that route is not served.
+    openai_webhook_secret: Secret = Secret("")
+    sip: SipSettings = field(default_factory=SipSettings)
 
 
 @dataclass(frozen=True)
@@ -323,7 +360,64 @@ def load_gateway_settings(env: Mapping[str, str]) -> GatewaySettings:
         ),
         request_timeout_s=_float(env, "CALLRAY_REQUEST_TIMEOUT_S", d.request_timeout_s),
         webrtc=load_webrtc_settings(env),
+        openai_webhook_secret=webhook_secret(env.get("OPENAI_WEBHOOK_SECRET", "").strip()),
+        sip=load_sip_settings(env),
     )
+
+
+def load_sip_settings(env: Mapping[str, str]) -> SipSettings:
+    d = SipSettings()
+    raw = env.get("CALLRAY_SIP_PORT", "").strip().lower()
+    port: int | None = None if raw == "off" else _int(env, "CALLRAY_SIP_PORT", 5060, 0)
+    advertise = env.get("CALLRAY_SIP_ADVERTISE_ADDRESS", "").strip() or None
+    sources = _list(env, "CALLRAY_SIP_ALLOW_SOURCES")
+    for value in sources:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ConfigError(f"CALLRAY_SIP_ALLOW_SOURCES holds networks, got {value!r}") from None
+    users = env.get("CALLRAY_SIP_AUTH_USERS", "").strip()
+    for pair in filter(None, (p.strip() for p in users.split(","))):
+        if ":" not in pair or not pair.split(":", 1)[0]:
+            raise ConfigError("CALLRAY_SIP_AUTH_USERS is user:password pairs, comma-separated")
+    return SipSettings(
+        port=port,
+        host=env.get("CALLRAY_SIP_HOST", "").strip() or d.host,
+        advertise_address=advertise,
+        rtp_ports=_port_range(env, "CALLRAY_RTP_PORTS") or d.rtp_ports,
+        allow_sources=sources,
+        auth_users=Secret(users),
+        auth_realm=env.get("CALLRAY_SIP_REALM", "").strip() or d.auth_realm,
+        invites_per_source_s=_float(
+            env, "CALLRAY_SIP_INVITES_PER_SOURCE_S", d.invites_per_source_s
+        ),
+        rtp_timeout_s=_float(env, "CALLRAY_SIP_RTP_TIMEOUT_S", d.rtp_timeout_s),
+        transfer_targets=_transfer_targets(env, "CALLRAY_SIP_TRANSFER_TARGETS"),
+    )
+
+
+def _transfer_targets(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
+    """``queue=uri,...`` with sip:/sips:/tel: URIs."""
+    out: list[tuple[str, str]] = []
+    for pair in _list(env, name):
+        queue, _, uri = pair.partition("=")
+        if not queue.strip() or uri.strip().split(":", 1)[0] not in ("sip", "sips", "tel"):
+            raise ConfigError(f"{name} is queue=sip:...|tel:... pairs, comma-separated")
+        out.append((queue.strip().lower(), uri.strip()))
+    return tuple(out)
+
+
+def webhook_secret(value: str, name: str = "OPENAI_WEBHOOK_SECRET") -> Secret:
+    """A Standard Webhooks secret: ``whsec_`` and base64 (or, as the openai package also takes,
+    any other non-empty text, used as is); a malformed one fails the start, not every webhook."""
+    if value.startswith("whsec_"):
+        try:
+            key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            key = b""
+        if not key:
+            raise ConfigError(f"{name} must be whsec_ followed by base64")
+    return Secret(value)
 
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:

@@ -201,6 +201,12 @@ def run_up(settings: Settings, *, open_browser: bool = False) -> int:
         base = settings.gateway.public_url or f"http://{settings.gateway.host}:{port}"
         lines.append(f"call page {base}/   (talk to the agent from a browser)")
         lines.append(f"twilio    POST {base}/twilio/voice  (media: /twilio/media)")
+        sip = settings.gateway.sip
+        if sip.port is not None:
+            lines.append(
+                f"sip       udp {sip.host}:{sip.port}  (RTP {sip.rtp_ports[0]}-{sip.rtp_ports[1]};"
+                " CALLRAY_SIP_PORT=off to disable)"
+            )
 
         server = metrics.serve_metrics(rt.metrics_port)
         stack.callback(server.close)

@@ -25,6 +25,8 @@ from services.gateway.call_feed import CallFeed
 from services.gateway.connection_guard import guard_connections
 from services.gateway.direct_calls import DirectCalls, ModelAccess
 from services.gateway.ingress_core import IngressCore, RouterPort
+from services.gateway.openai_sip import OpenAISip
+from services.gateway.sip_ingress import SipIngress
 from services.gateway.token_ledger import LocalTokenLedger, TokenLedger
 from services.gateway.twilio_ingress import TwilioIngress
 from services.gateway.webrtc_ingress import WebRTCIngress
@@ -86,6 +88,33 @@ class Gateway:
             if model_access is not None
             else None
         )
+        # Calls OpenAI's SIP connector answers (openai_sip.py): with the model's REST API and
+        # the secret its webhooks are signed with.
+        self.openai_sip = (
+            OpenAISip(
+                self.core,
+                ledger,
+                model_access,
+                settings.openai_webhook_secret,
+                draining=lambda: self.draining,
+                body_timeout_s=settings.request_timeout_s,
+            )
+            if model_access is not None and settings.openai_webhook_secret
+            else None
+        )
+
+        # PBXs and trunks over SIP/UDP (sip_ingress.py); digest nonces are signed with the
+        # stream secret, which every ingress of a cluster shares.
+        self.sip = (
+            SipIngress(
+                self.core,
+                settings.sip,
+                secret=settings.stream_secret.value.encode() or None,
+                draining=lambda: self.draining,
+            )
+            if settings.sip.port is not None
+            else None
+        )
 
     async def listen(self, host: str, port: int) -> int:
         """Serve on ``host:port`` (0: a free port) with the connection guard; returns the port."""
@@ -95,9 +124,13 @@ class Gateway:
         assert self._runner.server is not None
         self._guard = asyncio.create_task(guard_connections(self._runner.server, self.settings))
         await web.TCPSite(self._runner, host, port).start()
+        if self.sip is not None:
+            await self.sip.start()
         return int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
+        if self.sip is not None:
+            await self.sip.stop()
         if self._guard is not None:
             self._guard.cancel()
         if self._runner is not None:
@@ -109,6 +142,8 @@ class Gateway:
         self.webrtc.routes(app)
         if self.direct is not None:
             self.direct.routes(app)
+        if self.openai_sip is not None:
+            self.openai_sip.routes(app)
         app.router.add_get("/", self.page)
         app.router.add_get("/call", self.page)
         app.router.add_get("/healthz", self.health)
@@ -127,6 +162,8 @@ class Gateway:
         await self.webrtc.close()
         if self.direct is not None:
             await self.direct.close()
+        if self.openai_sip is not None:
+            await self.openai_sip.close()
         await self.core.close()
         await self.twilio.close()
 

@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp import web
@@ -43,6 +42,7 @@ from services.gateway.refusals import Refusals
 from services.http_body import BodyTooLarge, read_bounded
 from services.media.vocabulary import AudioDone, CallSpec, Hangup, PlayAudio, PlaybackCut, Transfer
 from services.realtime.session_config import build_initial_config
+from services.realtime.transports.sip import rest_base
 from services.telephony.stream_tokens import StreamTokens
 
 logger = logging.getLogger(__name__)
@@ -226,14 +226,6 @@ class DirectCalls:
                     logger.warning("hanging up %s at the model: %s", call_id, reply.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
             logger.warning("could not hang up %s at the model: %s", call_id, exc)
-
-
-def rest_base(model_url: str) -> str:
-    """``ws(s)://host/v1/realtime`` (the model endpoint as configured) → ``http(s)://host/v1``."""
-    parts = urlsplit(model_url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    path = parts.path.rstrip("/").removesuffix("/realtime")
-    return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
 def model_access(

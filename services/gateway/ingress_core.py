@@ -42,6 +42,7 @@ from services.gateway import announcement
 from services.gateway.token_ledger import TokenLedger
 from services.media.channel_client import Locate, MediaChannelClient
 from services.media.vocabulary import (
+    TRANSFER_REPORTED,
     AudioDone,
     CallEnded,
     CallerHungUp,
@@ -327,7 +328,10 @@ class IngressCore:
             # Sent even when nothing was playing, so the session never waits for it.
             call.link.send(command.call_id, cut)
         elif isinstance(command, Hangup | Transfer):
-            call.ended = True  # the session ends the call itself once it has sent this
+            # The session ends the call itself once it has sent this, unless the transfer's
+            # outcome is reported back (TRANSFER_REPORTED): the call goes on until then.
+            if isinstance(command, Hangup) or call.spec.transport not in TRANSFER_REPORTED:
+                call.ended = True
             leg.control(command)
         elif isinstance(command, CallEnded):
             call.ended = True

@@ -12,6 +12,10 @@
 * ``GET /v1/realtime?call_id=rtc_...`` (WebSocket) attaches a sideband to a live WebRTC session
   (:mod:`.sideband`); an unknown ``call_id`` gets a connection with no session, as OpenAI's.
 * ``POST /v1/realtime/client_secrets`` mints ephemeral ``ek_`` keys (:mod:`.client_secrets`).
+* SIP calls, as OpenAI's SIP connector holds them (:mod:`.sip_calls`): the SIP front creates
+  pending calls (announced by signed webhooks, ``settings.webhook_url``), and
+  ``POST /v1/realtime/calls/{call_id}/accept|reject|refer|hangup`` controls them
+  (:mod:`.sip_calls_api`); an accepted call's sidebands attach by ``?call_id=`` as WebRTC's do.
 
 Other paths get 404; when ``settings.api_key`` is set, a request without it (or an ephemeral
 key minted from it) gets 401 (:mod:`.auth`).
@@ -34,6 +38,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from services.aio import Timers
 from services.config import LocalModelSettings
 from services.errors import ConfigError, UserError
 from services.webrtc import ice
@@ -43,8 +48,11 @@ from .client_secrets import ClientSecrets
 from .engine import Mode, RealtimeEngine
 from .scenario import Scenario, load_scenario
 from .session_io import Observer, SessionIO
-from .sideband import run_sideband
+from .sideband import SidebandSession, run_sideband
+from .sip_calls import SipCalls
+from .sip_calls_api import SipCallsApi
 from .speech import SpeechSynthesizer
+from .webhook_sender import WebhookSender
 from .webrtc_calls import CALLS_PATH, WebRTCCalls
 from .ws_session import run_websocket
 
@@ -72,6 +80,8 @@ def _check_settings(settings: LocalModelSettings) -> Mode:
         raise ConfigError(f"chunk_ms must be a multiple of 10 in 10..1000, got {settings.chunk_ms}")
     if settings.max_message_bytes < 1024:
         raise ConfigError(f"max_message_bytes is too small: {settings.max_message_bytes}")
+    if settings.webhook_url and not settings.webhook_secret:
+        raise ConfigError("a webhook URL needs a webhook secret (whsec_...) to sign with")
     return "echo" if settings.mode == "echo" else "scripted"
 
 
@@ -87,11 +97,13 @@ class LocalModelServer:
         scenario: Scenario | None = None,
         ice_addresses: tuple[str, ...] | None = None,
         clock: Callable[[], float] = time.time,
+        timers: Timers | None = None,
     ) -> None:
         """``ice_addresses``: where WebRTC sessions gather host candidates (process-wide, see
         :func:`services.webrtc.ice.install`; None: ``settings.ice_addresses``); empty leaves
         aioice's own choice alone.
-        ``clock`` (unix seconds) times ephemeral keys."""
+        ``clock`` (unix seconds) times ephemeral keys; ``timers`` (the loop when None) times
+        a SIP call's accept deadline and its webhook's retries."""
         self.settings = settings
         self._mode = _check_settings(settings)
         self._observer = observer
@@ -113,6 +125,18 @@ class LocalModelServer:
         self._secrets = ClientSecrets(
             self._keys, grant=self._grant, engine=self._engine, clock=clock
         )
+        webhook = (
+            WebhookSender(settings.webhook_url, settings.webhook_secret, timers=timers)
+            if settings.webhook_url
+            else None
+        )
+        self.sip = SipCalls(
+            session_io=self._session_io,
+            webhook=webhook,
+            accept_timeout_s=settings.sip_accept_timeout_s,
+            timers=timers,
+        )
+        self._sip_api = SipCallsApi(self.sip, grant=self._grant, engine=self._engine)
         self._runner: web.AppRunner | None = None
         self._port = settings.port
 
@@ -145,6 +169,8 @@ class LocalModelServer:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get(PATH, self._websocket)
         app.router.add_get(PATH + "/", self._websocket)
+        # Before the WebRTC routes: the two share the hangup path (sip_calls_api.py).
+        self._sip_api.add_routes(app.router, other_hangup=self.calls.hangup)
         self.calls.add_routes(app.router)
         self._secrets.add_routes(app.router)
         if self._ice_addresses:
@@ -166,6 +192,7 @@ class LocalModelServer:
             return
         # As a server going away does: 1001 to every session, then the port closes.
         await self.drop_connections(1001, "server shutting down")
+        await self.sip.close()
         await runner.cleanup()
         await self._speech.close()
 
@@ -256,7 +283,9 @@ class LocalModelServer:
         )
         await ws.prepare(request)
         call_id = request.query.get("call_id")
-        call = self.calls.sessions.get(call_id) if call_id else None
+        call: SidebandSession | None = None
+        if call_id:
+            call = self.calls.sessions.get(call_id) or self.sip.session(call_id)
         self._sockets.add(ws)
         try:
             if call is not None:

@@ -1,4 +1,5 @@
-"""A sideband: a WebSocket attached to a live WebRTC session with ``/v1/realtime?call_id=``.
+"""A sideband: a WebSocket attached to a live WebRTC or SIP session with
+``/v1/realtime?call_id=``.
 
 As OpenAI's server controls (reference/realtime-protocol.md, section 7.4): the socket sees every
 event the session sends from the moment it attaches, as the peer's ``oai-events`` channel does,
@@ -14,12 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Protocol
 
 from aiohttp import WSMsgType, web
 
-from .webrtc_session import WebRTCSession
+from .webrtc_session import Listener
 
-__all__ = ["run_sideband"]
+__all__ = ["SidebandSession", "run_sideband"]
+
+
+class SidebandSession(Protocol):
+    """A live session a sideband can attach to (a WebRTC call's, a SIP call's)."""
+
+    def add_listener(self, listener: Listener) -> None: ...
+
+    def remove_listener(self, listener: Listener) -> None: ...
+
+    def receive_client(self, message: str | bytes) -> None: ...
 
 
 class _Sideband:
@@ -41,7 +53,7 @@ class _Sideband:
         await self._ws.close(code=1000, message=b"call ended")
 
 
-async def run_sideband(ws: web.WebSocketResponse, session: WebRTCSession) -> None:
+async def run_sideband(ws: web.WebSocketResponse, session: SidebandSession) -> None:
     """Serve ``ws`` as a sideband of ``session`` until either ends."""
     sideband = _Sideband(ws)
     session.add_listener(sideband)

@@ -54,6 +54,7 @@ from services.media.vocabulary import (
     PlaybackCut,
     Played,
     Transfer,
+    TransferFailed,
     is_audio,
 )
 
@@ -188,6 +189,8 @@ def encode_inputs(sent_at: float, batch: Iterable[Input]) -> bytes:
             items.append(["d", call_id, data.digit])
         elif isinstance(data, PlaybackCut):
             items.append(["t", call_id, [list(h) for h in data.heard]])
+        elif isinstance(data, TransferFailed):
+            items.append(["x", call_id, data.target, data.status])
         else:
             items.append(["h", call_id, data.reason])
     return _pack(["in", sent_at, items])
@@ -210,6 +213,8 @@ def decode_inputs(message: bytes | str) -> tuple[float, list[Input]]:
                 out.append((call_id, PlaybackCut(heard)))
             elif kind == "h":
                 out.append((call_id, CallerHungUp(str(item[2]))))
+            elif kind == "x":
+                out.append((call_id, TransferFailed(str(item[2]), int(item[3]))))
             else:
                 raise ChannelError(f"unknown media channel input {kind!r}"[:120])
     except ChannelError:

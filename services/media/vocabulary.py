@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Literal
+from typing import Final, Literal
 
 AudioFormatName = Literal["audio/pcmu", "audio/pcma", "audio/pcm"]
 
@@ -71,7 +71,21 @@ class CallerHungUp:
     reason: str = "caller_hangup"
 
 
-CallInput = Dtmf | Played | PlaybackCut | CallerHungUp
+# Transports whose ingress reports how a transfer went (our SIP UAS: the REFER's NOTIFYs): the
+# call goes on after a Transfer until the ingress ends it (success) or says TransferFailed.
+TRANSFER_REPORTED: Final = frozenset({"sip"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TransferFailed:
+    """A transfer the agent asked for did not happen (a SIP REFER refused, or the far end's
+    final status in the NOTIFY was not 2xx): the call goes on and the agent is told."""
+
+    target: str
+    status: int
+
+
+CallInput = Dtmf | Played | PlaybackCut | CallerHungUp | TransferFailed
 
 
 # ----- commands: session → ingress ---------------------------------------------------------------

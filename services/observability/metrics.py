@@ -145,6 +145,19 @@ JITTER_DEPTH = Histogram(
     "Packets each SIP call's jitter buffer holds, sampled once a second per call",
     buckets=(0, 1, 2, 3, 4, 8),
 )
+OPENAI_SIP_WEBHOOKS = Counter(
+    "callray_openai_sip_webhooks_total",
+    "Signed webhooks of OpenAI's SIP connector, by outcome (taken, duplicate, ignored: another"
+    " event type, unavailable: the dedup ledger did not answer); refused ones are in"
+    " callray_front_door_refused_total with reasons openai_sip_*",
+    ["outcome"],
+)
+OPENAI_SIP_CONTROL = Counter(
+    "callray_openai_sip_control_total",
+    "REST call control of SIP calls the model holds, by action (accept, reject, refer, hangup)"
+    " and outcome (ok, gone: the caller had hung up, failed)",
+    ["action", "outcome"],
+)
 WEBRTC_OFFER_SECONDS = Histogram(
     "callray_webrtc_offer_seconds",
     "A browser's offer at the ingress, by phase: admit (token, router, the host's model"
@@ -410,6 +423,14 @@ def rtp_dropped(reason: str, n: int = 1) -> None:
 
 def jitter_depth(packets: int) -> None:
     JITTER_DEPTH.observe(packets)
+
+
+def openai_sip_webhook(outcome: str) -> None:
+    OPENAI_SIP_WEBHOOKS.labels(outcome).inc()
+
+
+def openai_sip_control(action: str, outcome: str) -> None:
+    OPENAI_SIP_CONTROL.labels(action, outcome).inc()
 
 
 def webrtc_offer(phase: str, seconds: float) -> None:

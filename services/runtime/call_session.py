@@ -26,9 +26,10 @@ from typing import Any
 from services.agents.control import CallControl
 from services.aio import Cancellable, Timers, sleep
 from services.config import ModelSettings
-from services.errors import RealtimeProtocolError
+from services.errors import CallSetupError, RealtimeProtocolError
 from services.media.vocabulary import (
     MOVED,
+    TRANSFER_REPORTED,
     AudioDone,
     CallEnded,
     CallerHungUp,
@@ -42,6 +43,7 @@ from services.media.vocabulary import (
     PlaybackCut,
     Played,
     Transfer,
+    TransferFailed,
 )
 from services.observability import logs, metrics
 from services.realtime import server_events as se
@@ -53,6 +55,15 @@ from services.realtime.playback import PlaybackTracker
 from services.realtime.session import REPLAY_ITEMS, RealtimeSession
 from services.realtime.tools import FunctionTool, ToolCall, ToolResult, ToolRunner
 from services.realtime.transports.base import TransportAudio
+from services.realtime.transports.sip import (
+    OPENAI_SIP,
+    CallGone,
+    OpenAIRealtimeSIP,
+    SipCallControl,
+    check_transfer_target,
+    rest_base,
+    sip_accept_payload,
+)
 from services.realtime.transports.webrtc import OpenAIRealtimeWebRTC
 from services.realtime.transports.websocket import OpenAIRealtimeWebSocket, WebSocketFactory
 from services.runtime.conversations import ConversationStore, Items, MemoryConversations
@@ -135,6 +146,7 @@ class CallSession(CallControl):
         rng: random.Random | None = None,
         conversations: ConversationStore | None = None,
         save_record: Callable[[str, int, Items], None] | None = None,
+        sip_calls: SipCallControl | None = None,
     ) -> None:
         self.call_id = spec.call_id
         self._log = logs.for_call(logger, spec.call_id)
@@ -148,11 +160,19 @@ class CallSession(CallControl):
         per_ms = bytes_per_ms(normalize_format(spec.audio_format))
         self.tracker = PlaybackTracker(per_ms)
         self._transcripts = HeldTranscripts(per_ms)
+        self._transcript_timer: Any = None
         self._append_bytes = max(1, int(append_ms * per_ms))
         self._pending_audio = bytearray()
         # Playback is observed at the ingress, one hop away: truncations wait for its figure.
         self.transport: OpenAIRealtimeWebSocket | OpenAIRealtimeWebRTC
-        if model.transport == "webrtc" and not spec.attach:
+        # A call OpenAI's SIP connector holds: we accept it over REST, then attach (sip.py).
+        self._sip = spec.transport == OPENAI_SIP
+        self._sip_calls = sip_calls
+        if self._sip:
+            self.transport = OpenAIRealtimeSIP(
+                model=model.model, playback=self.tracker, create_websocket=create_websocket
+            )
+        elif model.transport == "webrtc" and not spec.attach:
             # Over WebRTC the model truncates at what its track sent when we clear its buffer,
             # not at what this call's caller heard (which the ingress knows only later).
             self.transport = OpenAIRealtimeWebRTC(model=model.model, playback=self.tracker)
@@ -197,6 +217,8 @@ class CallSession(CallControl):
         self._epoch = await self._conversations.claim(self.call_id)
         record = await self._conversations.load(self.call_id) if self.spec.resumed else []
         begin = self._clock()
+        if self._sip and not self.spec.resumed:
+            await self._accept_sip()
         await self.session.connect(
             api_key=self._model.api_key.value or None,
             url=self._model_url,
@@ -210,6 +232,29 @@ class CallSession(CallControl):
         elif self.spec.greet:
             self.session.transport.request_response()
         self._events.emit("call.started", self.call_id, transport=self.spec.transport)
+
+    async def _accept_sip(self) -> None:
+        """Answer the SIP call at the model with the agent's config (the seed's
+        ``calls.accept(call_id, buildInitialConfig(agent))``), before attaching to it. A 404
+        means the caller hung up while the call was pending: it ends ``caller_gone``."""
+        # A host shares one client; a session built on its own (tests) makes one for this.
+        calls = self._sip_calls or SipCallControl(rest_base(self._model_url), self._model.api_key)
+        try:
+            await calls.accept(self.call_id, sip_accept_payload(self.session.initial_config()))
+            metrics.openai_sip_control("accept", "ok")
+        except CallGone:
+            metrics.openai_sip_control("accept", "gone")
+            self._log.info("the SIP caller hung up before the call was accepted")
+            self._events.emit("call.ended", self.call_id, reason="caller_gone", duration_s=0.0)
+            raise CallSetupError(
+                "the caller hung up before the accept", reason="caller_gone"
+            ) from None
+        except Exception:
+            metrics.openai_sip_control("accept", "failed")
+            raise
+        finally:
+            if calls is not self._sip_calls:
+                await calls.close()
 
     def _replayable(self, record: Items) -> list[RealtimeItem]:
         """The record's items; one that does not parse is left out (a resumed call goes on
@@ -236,6 +281,8 @@ class CallSession(CallControl):
             self._control_timer.cancel()
         if self._cut_timer is not None:
             self._cut_timer.cancel()
+        if self._transcript_timer is not None:
+            self._transcript_timer.cancel()
         self._pending_audio.clear()
         self._write_transcript(self._transcripts.flush())
         try:
@@ -274,11 +321,27 @@ class CallSession(CallControl):
         elif isinstance(message, PlaybackCut):
             self._settle_interruption(message.heard)
         elif isinstance(message, Dtmf):
-            self._events.emit("dtmf", self.call_id, digit=message.digit)
-            if self.session.current_agent.dtmf_to_model and self._reconnecting is None:
-                self.session.send_message(f"The caller pressed the key {message.digit}.")
+            self._dtmf(message.digit)
         elif isinstance(message, CallerHungUp):
             self.end_soon(message.reason)
+        elif isinstance(message, TransferFailed):
+            self._log.info("transfer failed with SIP status %d", message.status)
+            if self._reconnecting is None:
+                self.session.send_message(
+                    f"The transfer to {message.target} did not go through (SIP status "
+                    f"{message.status}). The caller is still on the line with you: tell them, "
+                    "and carry on."
+                )
+
+    def _dtmf(self, digit: str) -> None:
+        self._events.emit("dtmf", self.call_id, digit=digit)
+        if self.session.current_agent.dtmf_to_model and self._reconnecting is None:
+            self.session.send_message(f"The caller pressed the key {digit}.")
+
+    def _on_model_dtmf(self, event: se.DtmfReceived) -> None:
+        """A SIP call's keypad press, detected by the model (reference §4.2)."""
+        if self.ended is None:
+            self._dtmf(event.event)
 
     def fail(self) -> None:
         """An input could not be handled (a bug, or a model socket gone mid-write): end this
@@ -294,6 +357,8 @@ class CallSession(CallControl):
         self._loop.call_soon_threadsafe(self._after_response, Hangup(self.call_id, reason))
 
     def transfer(self, target: str) -> None:
+        if self._sip:
+            check_transfer_target(target)  # a SIP REFER's Refer-To: refused to the model here
         self._loop.call_soon_threadsafe(self._after_response, Transfer(self.call_id, target))
 
     def _after_response(self, command: Hangup | Transfer) -> None:
@@ -340,6 +405,8 @@ class CallSession(CallControl):
         if command is None or self.ended is not None:
             return
         self._out(command)
+        if isinstance(command, Transfer) and self.spec.transport in TRANSFER_REPORTED:
+            return  # the ingress ends the call if the transfer succeeds, else says it failed
         reason = command.reason if isinstance(command, Hangup) else "transferred"
         self.end_soon(reason)
 
@@ -359,10 +426,11 @@ class CallSession(CallControl):
         t.on("connection_change", self._on_connection)
         t.on("audio_done", self._on_audio_done)
         t.on("turn_done", self._on_turn_done)
+        t.on("input_audio_buffer.dtmf_event_received", self._on_model_dtmf)
 
     def _on_audio(self, audio: TransportAudio) -> None:
         metrics.media_frames("out", 1)
-        self._transcripts.audio(audio.item_id, len(audio.data))
+        self._transcripts.audio(audio.item_id, len(audio.data), self._clock())
         self._out(PlayAudio(self.call_id, audio.data, audio.item_id, audio.content_index))
 
     def _on_audio_done(self, item_id: str) -> None:
@@ -395,10 +463,20 @@ class CallSession(CallControl):
         # Held until the caller has heard the item out, or cut it (held_transcripts.py).
         self._write_transcript(self._transcripts.text(event.item_id, event.transcript))
 
+    def _overdue_transcripts(self) -> None:
+        self._transcript_timer = None
+        if self.ended is None:
+            self._write_transcript(self._transcripts.overdue(self._clock()))
+
     def _on_truncated(self, event: se.ConversationItemTruncated) -> None:
         self._write_transcript(self._transcripts.cut(event.item_id, event.audio_end_ms))
 
     def _write_transcript(self, lines: list[Line]) -> None:
+        due = self._transcripts.next_due()
+        if due is not None and self._transcript_timer is None:
+            self._transcript_timer = self._timers.call_later(
+                max(0.0, due - self._clock()), self._overdue_transcripts
+            )
         for line in lines:
             fields: dict[str, Any] = {"item_id": line.item_id}
             if line.interrupted:
@@ -445,9 +523,9 @@ class CallSession(CallControl):
 
     def _on_connection(self, status: str) -> None:
         if status == "disconnected" and self.spec.attach and self.ended is None:
-            # The model closes an attached sideband when its call ends (the browser hung up);
-            # there is nothing to reconnect to.
-            self.end_soon("call_ended")
+            # The model closes an attached sideband when its call ends (the browser hung up,
+            # the SIP caller sent BYE); there is nothing to reconnect to.
+            self.end_soon("caller_hangup" if self._sip else "call_ended")
             return
         if (
             status == "disconnected"

@@ -16,6 +16,9 @@ So a line is held until its item is settled, then released once:
   API gives no timings for them; ``heard_ms`` of ``audio_ms`` says how much was said);
 * **no audio here**: an item with no audio through this session (the model plays it itself,
   as for browser calls straight to the model) is released with its text;
+* **overdue**: the item's audio has had time to play out (its length since its first audio,
+  plus ``OVERDUE_GRACE_S``) and no one said it was cut: released as heard. That covers an
+  ingress that reports no playback, and a report lost with a moving call;
 * **the call ended**: whatever is held is released as it stands.
 """
 
@@ -28,6 +31,8 @@ import dataclasses
 HEARD_OUT_SLACK_MS = 20.0
 # Items followed at once (a response has a few): past this, the oldest is forgotten.
 MAX_ITEMS = 32
+# Beyond an item's own length: the jitter buffers, the ingress's queue, a slow report.
+OVERDUE_GRACE_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,6 +51,7 @@ class _Item:
     played_ms: float = 0.0
     audio_done: bool = False
     cut_at: int | None = None
+    started_at: float | None = None  # the item's first audio
 
 
 class HeldTranscripts:
@@ -57,8 +63,25 @@ class HeldTranscripts:
     def held(self) -> int:
         return sum(1 for item in self._items.values() if item.text is not None)
 
-    def audio(self, item_id: str, nbytes: int) -> None:
-        self._item(item_id).received_ms += nbytes / self._bytes_per_ms
+    def audio(self, item_id: str, nbytes: int, now: float) -> None:
+        item = self._item(item_id)
+        if item.started_at is None:
+            item.started_at = now
+        item.received_ms += nbytes / self._bytes_per_ms
+
+    def next_due(self) -> float | None:
+        """When :meth:`overdue` would next release a held line (None: none is held)."""
+        return min((self._due(i) for i in self._items.values() if i.text is not None), default=None)
+
+    def overdue(self, now: float) -> list[Line]:
+        """Held lines whose audio has had time to play out: taken as heard."""
+        late = [k for k, i in self._items.items() if i.text is not None and self._due(i) <= now]
+        return [self._line(k, self._items.pop(k)) for k in late]
+
+    @staticmethod
+    def _due(item: _Item) -> float:
+        started = item.started_at if item.started_at is not None else 0.0
+        return started + item.received_ms / 1000 + OVERDUE_GRACE_S
 
     def audio_done(self, item_id: str) -> list[Line]:
         self._item(item_id).audio_done = True

@@ -22,6 +22,7 @@ from services.media.channel import Input, Outbox, command_outbox
 from services.media.vocabulary import MOVED, CallSpec, Command, MoveCall
 from services.observability import metrics
 from services.realtime.tools import ToolRunner
+from services.realtime.transports.sip import OPENAI_SIP, SipCallControl, rest_base
 from services.runtime.call_session import CallSession
 from services.runtime.conversations import (
     ConversationStore,
@@ -77,6 +78,8 @@ class CallHost:
         self._outboxes: dict[str, Outbox[Command]] = {}
         self._frames_in = 0
         self._unknown_frames = 0
+        # Call control of SIP calls the model answers (calls.accept), made at the first one.
+        self._sip_calls: SipCallControl | None = None
 
     # ----- calls ---------------------------------------------------------------------------------
 
@@ -92,6 +95,8 @@ class CallHost:
         except ConfigError as exc:
             metrics.call_outcome(spec.transport, "unknown_agent")
             raise CallSetupError(str(exc), reason="unknown_agent") from exc
+        if spec.transport == OPENAI_SIP and self._sip_calls is None:
+            self._sip_calls = SipCallControl(rest_base(self._model_url), self._model.api_key)
         call = CallSession(
             spec,
             agent,
@@ -105,6 +110,7 @@ class CallHost:
             append_ms=self._append_ms,
             conversations=self._conversations,
             save_record=self._records.save,
+            sip_calls=self._sip_calls,
         )
         self.calls[spec.call_id] = call
         try:
@@ -112,13 +118,14 @@ class CallHost:
                 await call.start()
         except (Exception, asyncio.CancelledError) as exc:
             self.calls.pop(spec.call_id, None)
-            metrics.call_outcome(spec.transport, "model_unreachable")
+            # A session that knows why (a SIP caller gone before the accept) says so.
+            reason = exc.reason if isinstance(exc, CallSetupError) else "model_unreachable"
+            metrics.call_outcome(spec.transport, reason)
             await call.session.close()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise CallSetupError(
-                f"could not reach the model for call {spec.call_id}: {exc}",
-                reason="model_unreachable",
+                f"could not reach the model for call {spec.call_id}: {exc}", reason=reason
             ) from None
         setup = self._clock() - begin
         metrics.call_started(spec.transport, self.host_id, setup)
@@ -166,6 +173,9 @@ class CallHost:
             *(c.end(reason) for c in list(self.calls.values())), return_exceptions=True
         )
         await self._records.close()
+        if self._sip_calls is not None:
+            await self._sip_calls.close()
+            self._sip_calls = None
 
     # ----- media and control in ------------------------------------------------------------------
 

@@ -118,6 +118,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "CALLRAY_DATA_DIR": str(tmp / "data"),
         "CALLRAY_PORT": str(port),
         "CALLRAY_METRICS_PORT": str(free_port()),
+        "CALLRAY_SIP_PORT": "off",  # browsers only here
         "CALLRAY_HOSTS": "1",
         "CALLRAY_HOST_CAPACITY": "1",
         "CALLRAY_CLUSTER_CAPACITY": "1",

@@ -14,7 +14,7 @@ import pytest
 from services.agents.registry import load_agents
 from services.config import LocalModelSettings
 from services.localmodel.server import LocalModelServer
-from services.media.vocabulary import CallEnded, CallSpec, PlayAudio
+from services.media.vocabulary import AudioDone, CallEnded, CallSpec, PlayAudio, Played
 from services.realtime.items import FunctionCallItem, MessageItem
 from services.realtime.tools import InProcessToolRunner
 from services.runtime.events import ListEventSink
@@ -62,6 +62,17 @@ def _expected_replay(history: list[Any]) -> list[tuple[str, str]]:
     return out
 
 
+async def _hear_greeting(host: CallHost) -> None:
+    """Play the greeting out the way an ingress reports it: every millisecond of it, once the
+    model finished it (μ-law, 8 bytes a ms). A caller who speaks before would cut it."""
+    got = await collect(host, lambda got: any(isinstance(c, AudioDone) for c in got), "greeting")
+    ms: dict[str, float] = {}
+    for c in got:
+        if isinstance(c, PlayAudio):
+            ms[c.item_id] = ms.get(c.item_id, 0.0) + len(c.data) / 8
+    host.feed([("c1", Played(item, 0, heard)) for item, heard in ms.items()])
+
+
 def _created(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for event in events:
@@ -84,7 +95,9 @@ async def test_a_dropped_model_connection_reconnects_and_replays_the_conversatio
     host = _host(model.url, events)
     await host.open_call(CallSpec("c1"))
     call = host.calls["c1"]
-    # Greeting, then the scripted caller turn that runs lookup_order and is answered.
+    # Greeting (heard out, as an ingress reports it), then the scripted caller turn that runs
+    # lookup_order and is answered.
+    await _hear_greeting(host)
     await _until(lambda: "transcript" in events.kinds("c1"), "greeting transcript")
     host.feed([("c1", speech(600)), ("c1", SILENCE)])
     await _until(

@@ -16,7 +16,10 @@ the suite checks the adapter's own behaviour there instead:
   cannot be transferred: it ends ``transfer_unsupported``);
 * ``busy_tone``: a refused call hears a busy signal (a browser's offer gets 503 instead);
 * ``stream_errors``: bad frames on the media socket end that call (a browser's bad input is
-  refused at its offer, tests/integration/test_webrtc_ingress.py).
+  refused at its offer, tests/integration/test_webrtc_ingress.py);
+* ``tokens``: the call is admitted with a single-use stream token (a SIP trunk is admitted by
+  its source and digest credentials instead);
+* ``refer``: a transfer is a SIP REFER to the caller, who reports how it went (NOTIFY).
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from typing import Protocol
 import numpy as np
 from twilio.request_validator import RequestValidator
 
+from services.loadgen.sip_caller import SipCaller
 from services.loadgen.webrtc_caller import WebRTCCaller
 from services.telephony.g711 import ulaw_decode
 from tests.twilio_caller import TwilioCaller
 
-ADAPTERS = ["twilio", "webrtc"]
+ADAPTERS = ["twilio", "webrtc", "sip"]
 AUTH_TOKEN = "conformance-auth-token"
 
 
@@ -73,7 +77,7 @@ def _signed(url: str, params: dict[str, str]) -> dict[str, str]:
 class ConformingTwilioCaller(TwilioCaller):
     """Twilio: a signed webhook, ``<Connect><Stream>``, μ-law media, marks, ``clear``."""
 
-    capabilities = frozenset({"hold", "provider_control", "busy_tone", "stream_errors"})
+    capabilities = frozenset({"hold", "provider_control", "busy_tone", "stream_errors", "tokens"})
 
     def __init__(self, base_url: str) -> None:
         super().__init__(base_url, sign=_signed)
@@ -115,7 +119,7 @@ class ConformingTwilioCaller(TwilioCaller):
 class ConformingWebRTCCaller(WebRTCCaller):
     """A browser: a call token, an SDP offer, Opus both ways, a data channel (DTMF, the end)."""
 
-    capabilities: frozenset[str] = frozenset()
+    capabilities: frozenset[str] = frozenset({"tokens"})
     clears = 0  # a browser sees no clear: the agent's audio stops
     closed_code: int | None = None
 
@@ -167,9 +171,67 @@ class ConformingWebRTCCaller(WebRTCCaller):
         raise NotImplementedError
 
 
-def make_caller(adapter: str, base_url: str) -> Caller:
+class ConformingSipCaller(SipCaller):
+    """A trunk's caller: INVITE with PCMU + telephone-event, μ-law RTP both ways, RFC 4733
+    digits, BYE; it follows a REFER (202, NOTIFY 200) and reads the Reason of our BYE."""
+
+    capabilities: frozenset[str] = frozenset({"refer"})
+    clears = 0  # RTP has no clear: the agent's audio stops
+    closed_code: int | None = None
+    acked: dict[str, int] = {}  # noqa: RUF012 - never written: RTP acknowledges nothing
+    acked_at_clear: dict[str, int] = {}  # noqa: RUF012
+
+    @property
+    def call_id(self) -> str:
+        return self.callray_call_id
+
+    @property
+    def received_audio(self) -> int:
+        return self.heard_ms * 8
+
+    @property
+    def played_audio(self) -> int:
+        return self.received_audio
+
+    @property
+    def heard_span_ms(self) -> int:
+        return self.heard_ms
+
+    @property
+    def received_frames(self) -> int:
+        return len(self.received)
+
+    @property
+    def last_loud(self) -> int:
+        loud = [n for n, (_, p) in enumerate(self.received) if p.strip(b"\xff\x7f\xfe\x7e")]
+        return loud[-1] if loud else -1
+
+    async def dial(self) -> object:  # type: ignore[override]
+        status = await super().dial()
+        if status == 503:
+            self.closed_reason = "busy"
+        elif status != 200:
+            raise AssertionError(f"INVITE refused: {status}")
+        return status
+
+    def hold(self) -> None:
+        raise NotImplementedError("a SIP caller hears our paced RTP: it cannot hold playback")
+
+    async def send_malformed(self) -> None:
+        raise NotImplementedError
+
+    async def send_oversize(self) -> None:
+        raise NotImplementedError
+
+    async def send_out_of_order(self) -> None:
+        raise NotImplementedError
+
+
+def make_caller(adapter: str, base_url: str, sip_port: int = 0) -> Caller:
     if adapter == "twilio":
         return ConformingTwilioCaller(base_url)
     if adapter == "webrtc":
         return ConformingWebRTCCaller(base_url)
+    if adapter == "sip":
+        return ConformingSipCaller(("127.0.0.1", sip_port))
     raise ValueError(f"no simulated caller for adapter {adapter!r}")

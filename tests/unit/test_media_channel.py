@@ -36,6 +36,7 @@ from services.media.vocabulary import (
     PlaybackCut,
     Played,
     Transfer,
+    TransferFailed,
 )
 
 
@@ -46,6 +47,7 @@ def test_inputs_round_trip_in_order() -> None:
         ("c1", Dtmf("#")),
         ("c1", PlaybackCut((("item_1", 0, 380), ("item_2", 0, 0)))),
         ("c2", CallerHungUp("stream_closed")),
+        ("c1", TransferFailed("tel:+14155550123", 486)),
         ("c1", b"\x00\x01"),
     ]
     sent_at, decoded = decode_inputs(encode_inputs(1234.5, batch))

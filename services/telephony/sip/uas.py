@@ -79,6 +79,7 @@ KNOWN_METHODS: Final = frozenset(
     | {"PRACK", "SUBSCRIBE", "MESSAGE", "PUBLISH"}
 )
 _DTMF_RELAY: Final = re.compile(rb"Signal\s*=\s*([0-9*#A-Da-d])")
+_REASON_SAFE: Final = re.compile(r"[^A-Za-z0-9_ .-]")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -332,17 +333,15 @@ class UserAgentServer:
             return []
         return self._respond(call.invite, now, 180, to_tag=call.to_tag, source=call.source)
 
-    def accept(self, call: UasCall, sdp: bytes, now: float) -> list[Output]:
+    def accept(
+        self, call: UasCall, sdp: bytes, now: float, headers: Iterable[tuple[str, str]] = ()
+    ) -> list[Output]:
         """200 OK with ``sdp`` (our answer, or our offer when the INVITE had none)."""
         if call.state != "offered":
             raise UserError(f"call {call.key} is {call.state}, it cannot be accepted")
-        headers = [
-            ("Contact", self._contact()),
-            ("Allow", ALLOW),
-            ("Supported", "timer"),
-        ]
+        fields = [("Contact", self._contact()), ("Allow", ALLOW), ("Supported", "timer")]
         if call.session_expires:
-            headers += [
+            fields += [
                 ("Session-Expires", f"{call.session_expires};refresher=uac"),
                 ("Require", "timer"),
             ]
@@ -350,7 +349,7 @@ class UserAgentServer:
             call.invite,
             200,
             to_tag=call.to_tag,
-            headers=headers,
+            headers=[*fields, *headers],
             body=sdp,
             content_type="application/sdp",
             source=call.source,
@@ -416,9 +415,10 @@ class UserAgentServer:
             warning=warning,
         )
 
-    def bye(self, call: UasCall, now: float) -> list[Output]:
-        """Hang up: BYE once the call is answered (before that, ``reject``)."""
-        return self._end(call, now, "bye_sent")[:-1]
+    def bye(self, call: UasCall, now: float, reason: str = "") -> list[Output]:
+        """Hang up: BYE once the call is answered (before that, ``reject``). ``reason`` goes in
+        an RFC 3326 ``Reason`` header (Q.850 cause 16, normal clearing), for the PBX's CDRs."""
+        return self._end(call, now, "bye_sent", reason)[:-1]
 
     def refer(self, call: UasCall, target: str, now: float) -> list[Output]:
         """Ask the caller to call ``target`` (RFC 3515); the outcome is a TransferResult."""
@@ -430,10 +430,12 @@ class UserAgentServer:
 
     # ----- helpers -------------------------------------------------------------------------------
 
-    def _end(self, call: UasCall, now: float, reason: EndReason) -> list[Output]:
+    def _end(self, call: UasCall, now: float, reason: EndReason, text: str = "") -> list[Output]:
         out: list[Output] = []
         if call.dialog is not None and call.dialog.state != "terminated":
-            out += self._send_request(call.dialog.bye(), call, now)
+            why = _REASON_SAFE.sub("", text or reason)[:64]
+            headers = [("Reason", f'Q.850;cause=16;text="{why}"')]
+            out += self._send_request(call.dialog.bye(headers=headers), call, now)
         self._forget(call)
         return [*out, CallEnded(call, reason)]
 
