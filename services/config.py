@@ -191,6 +191,12 @@ class SipSettings:
     auth_realm: str = "callray"
     invites_per_source_s: float = 10.0  # new INVITEs a second from one address (burst: twice)
     rtp_timeout_s: float = 30.0  # no RTP this long (not on hold): the caller is gone
+    # Register with a PBX as an extension (RFC 3261 §10), so it routes calls to us:
+    # CALLRAY_SIP_REGISTRAR=host:port, _USER, _PASSWORD, _EXPIRES.
+    registrar: tuple[str, int] | None = None
+    register_user: str = ""
+    register_password: Secret = Secret("")
+    register_expires: int = 3600
     # Where a transfer to a named queue goes ("billing" -> "sip:billing@pbx.example.com");
     # a queue not named here goes to sip:<queue>@<the address the call came from>.
     transfer_targets: tuple[tuple[str, str], ...] = ()
@@ -393,7 +399,29 @@ def load_sip_settings(env: Mapping[str, str]) -> SipSettings:
         ),
         rtp_timeout_s=_float(env, "CALLRAY_SIP_RTP_TIMEOUT_S", d.rtp_timeout_s),
         transfer_targets=_transfer_targets(env, "CALLRAY_SIP_TRANSFER_TARGETS"),
+        registrar=_host_port(env, "CALLRAY_SIP_REGISTRAR"),
+        register_user=env.get("CALLRAY_SIP_REGISTER_USER", "").strip(),
+        register_password=Secret(env.get("CALLRAY_SIP_REGISTER_PASSWORD", "").strip()),
+        register_expires=_int(env, "CALLRAY_SIP_REGISTER_EXPIRES", d.register_expires, 60),
     )
+
+
+def _host_port(env: Mapping[str, str], name: str) -> tuple[str, int] | None:
+    """``host:port`` (an IP address; the port defaults to 5060); empty: None."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    host, _, port = raw.rpartition(":") if raw.count(":") == 1 else (raw, "", "")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port) if port else 5060
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be an IP address with an optional :port, got {raw!r}"
+        ) from None
+    if not 0 < number < 65536:
+        raise ConfigError(f"{name}: port out of range in {raw!r}")
+    return host, number
 
 
 def _transfer_targets(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:

@@ -1,7 +1,7 @@
 """The SIP adapter on the ingress seam: PBXs and trunks call us over SIP/UDP with G.711 RTP.
 
 The SIP work is the sans-I/O :class:`~services.telephony.sip.uas.UserAgentServer`; the RTP work
-is :mod:`.sip_media`. This module is the thin part between them and the
+is :mod:`services.telephony.rtp_io`. This module is the thin part between them and the
 :class:`~.ingress_core.IngressCore`:
 
 * one UDP socket for SIP (``CALLRAY_SIP_HOST``/``PORT``), and one timer task that sleeps until
@@ -35,7 +35,6 @@ from services.config import SipSettings
 from services.errors import SdpError, ServiceStartError
 from services.gateway.front_door import SourceRate
 from services.gateway.ingress_core import Busy, IngressCore, Refused
-from services.gateway.sip_media import Pacer, RtpPorts, RtpStream
 from services.media.vocabulary import (
     AudioDone,
     CallSpec,
@@ -49,9 +48,11 @@ from services.media.vocabulary import (
 )
 from services.observability import metrics
 from services.observability.log_limits import LogLimiter
+from services.telephony.rtp_io import Pacer, RtpPorts, RtpStream
 from services.telephony.sip import offer_answer
 from services.telephony.sip.digest import DigestAuthority
 from services.telephony.sip.offer_answer import NegotiatedAudio
+from services.telephony.sip.register import Registration
 from services.telephony.sip.transaction import Dropped, Send
 from services.telephony.sip.uas import UasSettings, UserAgentServer
 from services.telephony.sip.uas_events import (
@@ -153,6 +154,7 @@ class SipIngress(asyncio.DatagramProtocol):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._counted: Counter[tuple[str, str, int]] = Counter()
         self._log = LogLimiter(logger)
+        self._registration_state = ""
         self.port = 0
 
     # ----- lifecycle -----------------------------------------------------------------------------
@@ -171,13 +173,30 @@ class SipIngress(asyncio.DatagramProtocol):
         self.port = self._transport.get_extra_info("sockname")[1]
         local = (self.settings.host, self.port)
         self.uas = UserAgentServer(
-            dataclasses.replace(self._uas_settings, local=local), allow_invite=self._rate.allow
+            dataclasses.replace(self._uas_settings, local=local),
+            allow_invite=self._rate.allow,
+            registration=self._registration(local),
         )
         self._spawn(self._timers())
         self._spawn(self.pacer.run())
         self._spawn(self._watchdog())
         logger.info("SIP listening on udp %s:%d", self.settings.host, self.port)
         return self.port
+
+    def _registration(self, local: tuple[str, int]) -> Registration | None:
+        s = self.settings
+        if s.registrar is None:
+            return None
+        host = f"[{self._advertise}]" if ":" in self._advertise else self._advertise
+        return Registration(
+            registrar=s.registrar,
+            aor=f"sip:{s.register_user or 'callray'}@{s.registrar[0]}",
+            contact=f"sip:callray@{host}:{local[1]}",
+            sent_by=local,
+            username=s.register_user,
+            password=s.register_password.value,
+            expires=s.register_expires,
+        )
 
     async def stop(self) -> None:
         for leg in list(self.legs.values()):
@@ -225,6 +244,7 @@ class SipIngress(asyncio.DatagramProtocol):
             self._wake.clear()
             self._apply(self.uas.tick(time.monotonic()))
             self._flush_counts()
+            self._report_registration()
 
     async def _watchdog(self) -> None:
         """No RTP for rtp_timeout_s (not on hold): the caller is gone (a dead trunk, a lost BYE)."""
@@ -268,6 +288,19 @@ class SipIngress(asyncio.DatagramProtocol):
             elif isinstance(item, Dropped):
                 metrics.sip_message("in", "dropped", item.status)
                 self._log.warning(item.source[0], item.reason, "SIP input dropped: %s", item.detail)
+
+    def _report_registration(self) -> None:
+        registration = self.uas.registration if self.uas is not None else None
+        if registration is None or registration.state == self._registration_state:
+            return
+        self._registration_state = registration.state
+        metrics.sip_registered(registration.state == "registered")
+        if registration.state == "failed":
+            logger.warning("SIP registration failed: %s", registration.reason)
+        elif registration.state == "registered":
+            logger.info(
+                "registered with %s:%d for %d s", *registration.registrar, registration.granted
+            )
 
     def _flush_counts(self) -> None:
         assert self.uas is not None

@@ -134,6 +134,11 @@ SIP_INVITE_SECONDS = Histogram(
     ["code"],
     buckets=_SLOW,
 )
+SIP_REGISTERED = Gauge(
+    "callray_sip_registered",
+    "1 while this ingress is registered with its PBX (CALLRAY_SIP_REGISTRAR), else 0",
+    multiprocess_mode="max",
+)
 RTP_DROPPED = Counter(
     "callray_rtp_dropped_total",
     "RTP packets dropped by the SIP ingress, by reason (source, payload_type, short, version,"
@@ -415,6 +420,10 @@ def sip_message(direction: str, method: str, code: int = 0) -> None:
 
 def sip_invite(code: int, seconds: float) -> None:
     SIP_INVITE_SECONDS.labels(str(code)).observe(seconds)
+
+
+def sip_registered(registered: bool) -> None:
+    SIP_REGISTERED.set(1 if registered else 0)
 
 
 def rtp_dropped(reason: str, n: int = 1) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from services.gateway.sip_media import FRAME_S, Pacer, RtpPorts, RtpStream
 from services.media.vocabulary import Played
 from services.telephony.rtp import RtpPacket, RtpSender, TelephoneEvent
+from services.telephony.rtp_io import FRAME_S, Pacer, RtpPorts, RtpStream
 from services.telephony.sip.offer_answer import NegotiatedAudio
 
 pytestmark = pytest.mark.integration

@@ -44,6 +44,7 @@ from services.telephony.sip.dialog import Dialog, DialogId, sipfrag_status
 from services.telephony.sip.digest import DigestAuthority
 from services.telephony.sip.headers import new_tag, split_comma_list
 from services.telephony.sip.message import Address, SipRequest, SipResponse, response_to
+from services.telephony.sip.register import Registration
 from services.telephony.sip.transaction import (
     Ack,
     AckTimeout,
@@ -105,8 +106,10 @@ class UserAgentServer:
         settings: UasSettings,
         *,
         allow_invite: Callable[[str, float], bool] | None = None,
+        registration: Registration | None = None,
     ) -> None:
         self.settings = settings
+        self.registration = registration  # we register with a PBX as an extension (register.py)
         self._allow_invite = allow_invite
         self.layer = TransactionLayer(settings.timers)
         self.calls: dict[str, UasCall] = {}  # by key (Call-ID + From tag)
@@ -122,6 +125,10 @@ class UserAgentServer:
 
     def tick(self, now: float) -> list[Output]:
         out = self._handle(self.layer.tick(now), now)
+        if self.registration is not None:
+            request = self.registration.due(now)
+            if request is not None:
+                out += self._register(request, now)
         for call in list(self.calls.values()):
             if (
                 call.state == "offered"
@@ -135,6 +142,8 @@ class UserAgentServer:
 
     def next_deadline(self) -> float | None:
         deadlines = [self.layer.next_deadline()]
+        if self.registration is not None:
+            deadlines.append(self.registration.next_due)
         for call in self.calls.values():
             if call.state == "offered":
                 deadlines.append(call.received_at + self.settings.answer_deadline_s)
@@ -161,7 +170,7 @@ class UserAgentServer:
                 out += self._cancel(item, now)
             elif isinstance(item, ResponseReceived):
                 self._count("in", item.response.cseq.method, item.response.status)
-                out += self._response(item.response, item.request)
+                out += self._response(item.response, item.request, now)
             elif isinstance(item, Timeout):
                 out += self._timeout(item, now)
             elif isinstance(item, AckTimeout):
@@ -305,7 +314,12 @@ class UserAgentServer:
             out.append(CallCancelled(call))
         return out
 
-    def _response(self, response: SipResponse, request: SipRequest) -> list[Output]:
+    def _response(self, response: SipResponse, request: SipRequest, now: float) -> list[Output]:
+        if request.method == "REGISTER" and self.registration is not None:
+            if response.status < 200:
+                return []
+            again = self.registration.on_response(response, now)
+            return [] if again is None else self._register(again, now)
         call = self.calls.get(_dialog_key(request))
         if call is None or request.method != "REFER" or response.status < 200:
             return []
@@ -315,6 +329,9 @@ class UserAgentServer:
         return []  # 202: the outcome comes in NOTIFYs
 
     def _timeout(self, event: Timeout, now: float) -> list[Output]:
+        if event.client and event.request.method == "REGISTER" and self.registration is not None:
+            self.registration.on_timeout(now)
+            return []
         call = self.calls.get(_dialog_key(event.request) if event.client else _key(event.request))
         if call is None:
             return []
@@ -438,6 +455,11 @@ class UserAgentServer:
             out += self._send_request(call.dialog.bye(headers=headers), call, now)
         self._forget(call)
         return [*out, CallEnded(call, reason)]
+
+    def _register(self, request: SipRequest, now: float) -> list[Output]:
+        assert self.registration is not None
+        self._count("out", "REGISTER", 0)
+        return self._sent(self.layer.send_request(request, self.registration.registrar, now))
 
     def _send_request(self, request: SipRequest, call: UasCall, now: float) -> list[Output]:
         self._count("out", request.method, 0)

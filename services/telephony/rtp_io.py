@@ -1,4 +1,6 @@
-"""The RTP half of the SIP ingress: one UDP port per call, and one pacer for every call's audio.
+"""The I/O half of RTP: one UDP port per call, and one pacer for every call's audio. Shared by
+our SIP ingress (:mod:`services.gateway.sip_ingress`) and the local model's SIP front
+(:mod:`services.localmodel.sip_front`), so neither imports the other's module.
 
 The protocol work is sans-I/O in :mod:`services.telephony.rtp`; this module only moves bytes:
 
@@ -46,7 +48,9 @@ MAX_CATCH_UP_S = 0.2
 
 class RtpStream(asyncio.DatagramProtocol):
     """One call's RTP port; ``on_audio`` gets the caller's in-order G.711, ``on_dtmf`` digits,
-    ``on_played`` what the pacer sent of the model's audio."""
+    ``on_played`` what the pacer sent of the model's audio. What is sent comes from the stream's
+    own :attr:`playout`, or from ``frames`` (one codec frame and what it played, per tick) for
+    an owner that keeps the audio itself (the local model's ``SipSession``)."""
 
     def __init__(
         self,
@@ -56,10 +60,12 @@ class RtpStream(asyncio.DatagramProtocol):
         on_dtmf: Callable[[str], None],
         on_played: Callable[[list[Played]], None],
         clock: Callable[[], float] = time.monotonic,
+        frames: Callable[[], tuple[bytes, list[Played]]] | None = None,
     ) -> None:
         fmt = G711_PAYLOAD_TYPES[0 if audio.codec == "PCMU" else 8]
         self.format = fmt
         self.playout = Playout(fmt)
+        self._frames = frames or self.playout.next_frame
         self._on_audio = on_audio
         self._on_dtmf = on_dtmf
         self._on_played = on_played
@@ -139,7 +145,7 @@ class RtpStream(asyncio.DatagramProtocol):
             # the RTP clock runs on, so the first packet after it is a new talkspurt.
             self.sender.skip(self.format.frame_bytes // self.format.sample_bytes)
             return
-        frame, played = self.playout.next_frame()
+        frame, played = self._frames()
         if played:
             self._on_played(played)
         self.transport.sendto(self.sender.packet(frame), remote)
