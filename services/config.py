@@ -189,7 +189,12 @@ class SipSettings:
     # (407); the realm names them.
     auth_users: Secret = Secret("")
     auth_realm: str = "callray"
-    invites_per_source_s: float = 10.0  # new INVITEs a second from one address (burst: twice)
+    # Challenge order (RFC 8760 §2.4: the preferred first). Peers that read only the first
+    # challenge and know only MD5 (sipp 3.6, older phones) need "MD5,SHA-256" or "MD5".
+    auth_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    # New INVITEs a second from one address (burst: twice): a flood guard, set above what one
+    # trunk delivers (capacity is the router's admission, not this).
+    invites_per_source_s: float = 50.0
     rtp_timeout_s: float = 30.0  # no RTP this long (not on hold): the caller is gone
     # Register with a PBX as an extension (RFC 3261 §10), so it routes calls to us:
     # CALLRAY_SIP_REGISTRAR=host:port, _USER, _PASSWORD, _EXPIRES.
@@ -394,6 +399,7 @@ def load_sip_settings(env: Mapping[str, str]) -> SipSettings:
         allow_sources=sources,
         auth_users=Secret(users),
         auth_realm=env.get("CALLRAY_SIP_REALM", "").strip() or d.auth_realm,
+        auth_algorithms=_algorithms(env, "CALLRAY_SIP_AUTH_ALGORITHMS") or d.auth_algorithms,
         invites_per_source_s=_float(
             env, "CALLRAY_SIP_INVITES_PER_SOURCE_S", d.invites_per_source_s
         ),
@@ -404,6 +410,14 @@ def load_sip_settings(env: Mapping[str, str]) -> SipSettings:
         register_password=Secret(env.get("CALLRAY_SIP_REGISTER_PASSWORD", "").strip()),
         register_expires=_int(env, "CALLRAY_SIP_REGISTER_EXPIRES", d.register_expires, 60),
     )
+
+
+def _algorithms(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    chosen = tuple(a.upper() for a in _list(env, name))
+    for algorithm in chosen:
+        if algorithm not in ("SHA-256", "MD5"):
+            raise ConfigError(f"{name} holds SHA-256 and/or MD5, got {algorithm!r}")
+    return chosen
 
 
 def _host_port(env: Mapping[str, str], name: str) -> tuple[str, int] | None:

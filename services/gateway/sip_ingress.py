@@ -132,7 +132,10 @@ class SipIngress(asyncio.DatagramProtocol):
         )
         if users:
             authority = DigestAuthority(
-                settings.auth_realm, secret or secrets.token_bytes(32), users
+                settings.auth_realm,
+                secret or secrets.token_bytes(32),
+                users,
+                algorithms=settings.auth_algorithms,
             )
         allowed = tuple(ipaddress.ip_network(s, strict=False) for s in settings.allow_sources)
         self._advertise = settings.advertise_address or settings.host
@@ -433,10 +436,13 @@ class SipIngress(asyncio.DatagramProtocol):
         if leg is None:
             self._apply(self.uas.refuse_reoffer(event, 481, "no such call", now))
             return
-        leg.session_version += 1
-        if not event.sdp:  # a re-INVITE without SDP: our current SDP as the offer
-            self._apply(self.uas.answer_reoffer(event, leg.sdp, now))
+        if not event.sdp:
+            # A session refresh by UPDATE carries no offer and gets no answer (RFC 3311 §5.2);
+            # a re-INVITE without SDP asks for our offer: the current one (RFC 3264 §8).
+            body = b"" if event.request.method == "UPDATE" else leg.sdp
+            self._apply(self.uas.answer_reoffer(event, body, now))
             return
+        leg.session_version += 1
         try:
             sdp = self._sdp(event.call, leg, offer=event.sdp)
         except SdpError as exc:

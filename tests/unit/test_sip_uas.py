@@ -201,6 +201,14 @@ def test_a_reinvite_is_offered_and_answered_and_a_stale_cseq_refused() -> None:
 
 
 def test_session_timers_are_granted_and_an_unrefreshed_session_ends() -> None:
+    # A session timer runs from the 200, not before: a call still being admitted an hour into
+    # the clock (monotonic time is large) must not expire.
+    core = uas()
+    out = core.receive(
+        Uac("early").invite(headers=[("Session-Expires", "90;refresher=uac")]), PEER, 3600.0
+    )
+    [waiting] = events(out, IncomingCall)
+    assert not events(core.tick(3600.5), CallEnded) and waiting.call.key in core.calls
     core, uac = uas(), Uac()
     out = core.receive(
         uac.invite(headers=[("Supported", "timer"), ("Session-Expires", "90;refresher=uac")]),

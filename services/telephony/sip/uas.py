@@ -136,7 +136,7 @@ class UserAgentServer:
             ):
                 out += self.reject(call, 408, now)
                 out.append(CallEnded(call, "unanswered"))
-            elif call.session_expires and now >= self._expiry(call):
+            elif call.state != "offered" and call.session_expires and now >= self._expiry(call):
                 out += self._end(call, now, "session_expired")
         return out
 
@@ -147,7 +147,7 @@ class UserAgentServer:
         for call in self.calls.values():
             if call.state == "offered":
                 deadlines.append(call.received_at + self.settings.answer_deadline_s)
-            elif call.session_expires:
+            elif call.session_expires:  # answered: the session timer runs from the 200
                 deadlines.append(self._expiry(call))
         return min((d for d in deadlines if d is not None), default=None)
 
