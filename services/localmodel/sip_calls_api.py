@@ -77,11 +77,7 @@ class SipCallsApi:
     # ----- the endpoints ----------------------------------------------------------------------
 
     async def accept(self, request: web.Request) -> web.Response:
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        call_id = request.match_info["call_id"]
-        try:
+        async def act(call_id: str) -> None:
             self._calls.pending(call_id)
             session = await _body(request, required=True)
             if session.get("type") != "realtime":
@@ -92,62 +88,56 @@ class SipCallsApi:
                 )
             _check_sip_turn_detection(session)
             model = session.get("model") if isinstance(session.get("model"), str) else None
-            engine = self._engine(model, [session])
-            self._calls.accept(call_id, engine)
-        except CallNotFound:
-            return _not_found()
-        except InvalidRequest as exc:
-            return error_reply(400, str(exc), exc.code, param=exc.param)
-        return web.Response(status=200)
+            self._calls.accept(call_id, self._engine(model, [session]))
+
+        return await self._run(request, act)
 
     async def reject(self, request: web.Request) -> web.Response:
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        try:
-            body = await _body(request, required=False)
-            status = body.get("status_code", 603)
+        async def act(call_id: str) -> None:
+            status = (await _body(request, required=False)).get("status_code", 603)
             if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status < 700:
                 raise InvalidRequest(
                     "Invalid 'status_code': expected a SIP final status 400..699.",
                     code="invalid_value",
                     param="status_code",
                 )
-            self._calls.reject(request.match_info["call_id"], status)
-        except CallNotFound:
-            return _not_found()
-        except InvalidRequest as exc:
-            return error_reply(400, str(exc), exc.code, param=exc.param)
-        return web.Response(status=200)
+            self._calls.reject(call_id, status)
+
+        return await self._run(request, act)
 
     async def refer(self, request: web.Request) -> web.Response:
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        try:
-            body = await _body(request, required=True)
-            target = body.get("target_uri")
+        async def act(call_id: str) -> None:
+            target = (await _body(request, required=True)).get("target_uri")
             if not isinstance(target, str) or not _referable(target):
                 raise InvalidRequest(
                     "Invalid 'target_uri': expected a tel: or sip: URI.",
                     code="invalid_value",
                     param="target_uri",
                 )
-            self._calls.refer(request.match_info["call_id"], target)
-        except CallNotFound:
-            return _not_found()
-        except InvalidRequest as exc:
-            return error_reply(400, str(exc), exc.code, param=exc.param)
-        return web.Response(status=200)
+            self._calls.refer(call_id, target)
+
+        return await self._run(request, act)
 
     async def hangup(self, request: web.Request) -> web.Response:
+        async def act(call_id: str) -> None:
+            self._calls.hangup(call_id)
+
+        return await self._run(request, act)
+
+    async def _run(
+        self, request: web.Request, act: Callable[[str], Awaitable[None]]
+    ) -> web.Response:
+        """The shape every endpoint shares: the key, then the act on the path's call; 404 for
+        a call that is not (or no longer) pending, 400 with OpenAI's error body."""
         refused = self._refused(request)
         if refused is not None:
             return refused
         try:
-            self._calls.hangup(request.match_info["call_id"])
+            await act(request.match_info["call_id"])
         except CallNotFound:
             return _not_found()
+        except InvalidRequest as exc:
+            return error_reply(400, str(exc), exc.code, param=exc.param)
         return web.Response(status=200)
 
     def _refused(self, request: web.Request) -> web.Response | None:
