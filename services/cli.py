@@ -24,6 +24,7 @@ from services.observability import logs
 
 def _model_command(args: argparse.Namespace) -> int:
     from services.localmodel.server import LocalModelServer, serve_forever
+    from services.localmodel.sip_front import SipFrontSettings
 
     settings = load_settings().local_model
     if args.webhook_url:
@@ -43,9 +44,15 @@ def _model_command(args: argparse.Namespace) -> int:
         ice_addresses=tuple(args.ice_address) or settings.ice_addresses,
     )
 
+    if args.sip_port is not None and not 0 <= args.sip_port <= 65535:
+        raise ConfigError(f"--sip-port must be a UDP port (0..65535), got {args.sip_port}")
+    front = SipFrontSettings(port=args.sip_port or 0, host=args.host)
+
     def banner(server: LocalModelServer) -> None:
         base = f"http://{settings.host}:{server.port}/v1"
         sip = f"  SIP calls announced to: {settings.webhook_url}\n" if settings.webhook_url else ""
+        if server.sip_port is not None:
+            sip += f"  SIP: sip:{front.user}@{settings.host}:{server.sip_port} (UDP)\n"
         print(
             f"callray local model: {server.url} (mode {settings.mode}, "
             f"scenario {settings.scenario or 'default'}, audio at {settings.speed:g}x real time)\n"
@@ -57,7 +64,8 @@ def _model_command(args: argparse.Namespace) -> int:
         )
 
     with contextlib.suppress(KeyboardInterrupt):
-        aio.run(serve_forever(settings, on_ready=banner))
+        sip = front if args.sip_port is not None else None
+        aio.run(serve_forever(settings, on_ready=banner, sip=sip))
     return 0
 
 
@@ -146,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="fault injection: close each connection with 1011 after N client events",
+    )
+    model.add_argument(
+        "--sip-port",
+        type=int,
+        metavar="P",
+        help="take SIP calls as OpenAI's SIP connector does: INVITEs and G.711 RTP on UDP P "
+        "(0: any free port), each announced by webhook (--webhook-url) and held until accepted",
     )
     model.add_argument(
         "--webhook-url",

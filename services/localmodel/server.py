@@ -16,6 +16,8 @@
   pending calls (announced by signed webhooks, ``settings.webhook_url``), and
   ``POST /v1/realtime/calls/{call_id}/accept|reject|refer|hangup`` controls them
   (:mod:`.sip_calls_api`); an accepted call's sidebands attach by ``?call_id=`` as WebRTC's do.
+  With ``sip`` settings, the SIP front (:mod:`.sip_front`) takes INVITEs and RTP on a UDP port
+  and drives those calls; without, tests drive the registry by hand.
 
 Other paths get 404; when ``settings.api_key`` is set, a request without it (or an ephemeral
 key minted from it) gets 401 (:mod:`.auth`).
@@ -51,6 +53,7 @@ from .session_io import Observer, SessionIO
 from .sideband import SidebandSession, run_sideband
 from .sip_calls import SipCalls
 from .sip_calls_api import SipCallsApi
+from .sip_front import SipFront, SipFrontSettings
 from .speech import SpeechSynthesizer
 from .webhook_sender import WebhookSender
 from .webrtc_calls import CALLS_PATH, WebRTCCalls
@@ -98,8 +101,10 @@ class LocalModelServer:
         ice_addresses: tuple[str, ...] | None = None,
         clock: Callable[[], float] = time.time,
         timers: Timers | None = None,
+        sip: SipFrontSettings | None = None,
     ) -> None:
-        """``ice_addresses``: where WebRTC sessions gather host candidates (process-wide, see
+        """``sip``: where the SIP front listens (None: no SIP front).
+        ``ice_addresses``: where WebRTC sessions gather host candidates (process-wide, see
         :func:`services.webrtc.ice.install`; None: ``settings.ice_addresses``); empty leaves
         aioice's own choice alone.
         ``clock`` (unix seconds) times ephemeral keys; ``timers`` (the loop when None) times
@@ -137,6 +142,7 @@ class LocalModelServer:
             timers=timers,
         )
         self._sip_api = SipCallsApi(self.sip, grant=self._grant, engine=self._engine)
+        self.sip_front = SipFront(self.sip, sip) if sip is not None else None
         self._runner: web.AppRunner | None = None
         self._port = settings.port
 
@@ -184,6 +190,12 @@ class LocalModelServer:
             raise
         self._runner = runner
         self._port = runner.addresses[0][1]
+        if self.sip_front is not None:
+            try:
+                await self.sip_front.start()
+            except BaseException:
+                await self.stop()
+                raise
         log.info("local model listening on %s (mode %s)", self.url, self._mode)
 
     async def stop(self) -> None:
@@ -192,7 +204,9 @@ class LocalModelServer:
             return
         # As a server going away does: 1001 to every session, then the port closes.
         await self.drop_connections(1001, "server shutting down")
-        await self.sip.close()
+        await self.sip.close()  # the front is told to end each call (BYE, 503)
+        if self.sip_front is not None:
+            await self.sip_front.stop()
         await runner.cleanup()
         await self._speech.close()
 
@@ -212,6 +226,11 @@ class LocalModelServer:
     def port(self) -> int:
         """The bound port (the real one when settings asked for port 0)."""
         return self._port
+
+    @property
+    def sip_port(self) -> int | None:
+        """The SIP front's bound UDP port; None without a SIP front."""
+        return self.sip_front.port if self.sip_front is not None else None
 
     @property
     def url(self) -> str:
@@ -305,9 +324,10 @@ async def serve_forever(
     *,
     on_ready: Callable[[LocalModelServer], None] | None = None,
     observer: Observer | None = None,
+    sip: SipFrontSettings | None = None,
 ) -> None:
     """Run a server until cancelled; prints nothing (``on_ready`` gets the started server)."""
-    async with LocalModelServer(settings, observer=observer) as server:
+    async with LocalModelServer(settings, observer=observer, sip=sip) as server:
         if on_ready is not None:
             on_ready(server)
         await asyncio.Future()
