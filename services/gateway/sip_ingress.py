@@ -22,7 +22,6 @@ is :mod:`services.telephony.rtp_io`. This module is the thin part between them a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -32,7 +31,7 @@ from collections import Counter
 from typing import Any, Literal
 
 from services.config import SipSettings
-from services.errors import SdpError, ServiceStartError
+from services.errors import SdpError
 from services.gateway.front_door import SourceRate
 from services.gateway.ingress_core import Busy, IngressCore, Refused
 from services.media.vocabulary import (
@@ -66,6 +65,7 @@ from services.telephony.sip.uas_events import (
     TransferResult,
     UasCall,
 )
+from services.telephony.sip_io import UasEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class SipLeg:
             self.ingress.core.caller_input(self.call_id, message)
 
 
-class SipIngress(asyncio.DatagramProtocol):
+class SipIngress(UasEndpoint):
     def __init__(
         self,
         core: IngressCore,
@@ -123,6 +123,7 @@ class SipIngress(asyncio.DatagramProtocol):
         secret: bytes | None = None,
         draining: Any = lambda: False,
     ) -> None:
+        super().__init__(name="SIP")
         self.core = core
         self.settings = settings
         self._draining = draining
@@ -148,41 +149,27 @@ class SipIngress(asyncio.DatagramProtocol):
         self._rate = SourceRate(
             rate=settings.invites_per_source_s, burst=2 * settings.invites_per_source_s
         )
-        self.uas: UserAgentServer | None = None
         self.pacer = Pacer(on_late=lambda s: metrics.ingress_added("sip", "out", s))
         self._ports = RtpPorts(settings.host, *settings.rtp_ports)
         self.legs: dict[str, SipLeg] = {}  # by the UAS call's key
-        self._transport: asyncio.DatagramTransport | None = None
-        self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._counted: Counter[tuple[str, str, int]] = Counter()
         self._log = LogLimiter(logger)
         self._registration_state = ""
-        self.port = 0
 
     # ----- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> int:
-        loop = asyncio.get_running_loop()
-        port = self.settings.port or 0
-        try:
-            await loop.create_datagram_endpoint(lambda: self, local_addr=(self.settings.host, port))
-        except OSError as exc:
-            raise ServiceStartError(
-                f"SIP cannot listen on udp {self.settings.host}:{port} ({exc.strerror}); "
-                "set CALLRAY_SIP_PORT to a free port, or to off"
-            ) from None
-        assert self._transport is not None
-        self.port = self._transport.get_extra_info("sockname")[1]
+        hint = "set CALLRAY_SIP_PORT to a free port, or to off"
+        await self.bind(self.settings.host, self.settings.port or 0, hint)
         local = (self.settings.host, self.port)
         self.uas = UserAgentServer(
             dataclasses.replace(self._uas_settings, local=local),
             allow_invite=self._rate.allow,
             registration=self._registration(local),
         )
-        self._spawn(self._timers())
-        self._spawn(self.pacer.run())
-        self._spawn(self._watchdog())
+        self.start_timers()
+        self.spawn(self.pacer.run())
+        self.spawn(self._watchdog())
         logger.info("SIP listening on udp %s:%d", self.settings.host, self.port)
         return self.port
 
@@ -205,49 +192,15 @@ class SipIngress(asyncio.DatagramProtocol):
         for leg in list(self.legs.values()):
             self.hang_up(leg, "ingress_stopped")
         await asyncio.sleep(0)  # the BYEs leave before the socket closes
-        for task in list(self._tasks):
-            task.cancel()
         for leg in list(self.legs.values()):
             leg.stream.close()
-        if self._transport is not None:
-            self._transport.close()
+        await self.close()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    # ----- timers ----------------------------------------------------------------------------
 
-    # ----- datagrams in, timers ------------------------------------------------------------------
-
-    def connection_made(self, transport: Any) -> None:
-        self._transport = transport
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        if self.uas is None:
-            return
-        try:
-            out = self.uas.receive(data, (addr[0], addr[1]), time.monotonic())
-        except Exception:  # a bug on one message must not stop the socket
-            logger.exception("SIP message from %s could not be handled", addr[0])
-            return
-        self._apply(out)
-        self._wake.set()
-
-    def error_received(self, exc: Exception) -> None:
-        logger.debug("SIP socket error: %s", exc)
-
-    async def _timers(self) -> None:
-        assert self.uas is not None
-        while True:
-            deadline = self.uas.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            self._wake.clear()
-            self._apply(self.uas.tick(time.monotonic()))
-            self._flush_counts()
-            self._report_registration()
+    def after_tick(self) -> None:
+        self._flush_counts()
+        self._report_registration()
 
     async def _watchdog(self) -> None:
         """No RTP for rtp_timeout_s (not on hold): the caller is gone (a dead trunk, a lost BYE)."""
@@ -265,13 +218,12 @@ class SipIngress(asyncio.DatagramProtocol):
 
     # ----- the UAS's outputs ---------------------------------------------------------------------
 
-    def _apply(self, outputs: list[Output]) -> None:
+    def apply(self, outputs: list[Output]) -> None:
         for item in outputs:
             if isinstance(item, Send):
-                if self._transport is not None:
-                    self._transport.sendto(item.data, item.destination)
+                self.send(item)
             elif isinstance(item, IncomingCall):
-                self._spawn(self._answer(item.call))
+                self.spawn(self._answer(item.call))
             elif isinstance(item, CallConfirmed):
                 self._confirmed(item)
             elif isinstance(item, Reoffer):
@@ -326,14 +278,14 @@ class SipIngress(asyncio.DatagramProtocol):
             if leg is not None:
                 self._release(leg, "setup_failed")
             if self.uas is not None:
-                self._apply(self.uas.reject(call, 500, time.monotonic()))
+                self.apply(self.uas.reject(call, 500, time.monotonic()))
 
     async def _incoming(self, call: UasCall) -> None:
         assert self.uas is not None
         uas, began = self.uas, time.monotonic()
 
         def finish(out: list[Output], code: int) -> None:
-            self._apply(out)
+            self.apply(out)
             metrics.sip_invite(code, time.monotonic() - began)
 
         if self._draining():
@@ -434,24 +386,24 @@ class SipIngress(asyncio.DatagramProtocol):
         leg = self.legs.get(event.call.key)
         now = time.monotonic()
         if leg is None:
-            self._apply(self.uas.refuse_reoffer(event, 481, "no such call", now))
+            self.apply(self.uas.refuse_reoffer(event, 481, "no such call", now))
             return
         if not event.sdp:
             # A session refresh by UPDATE carries no offer and gets no answer (RFC 3311 §5.2);
             # a re-INVITE without SDP asks for our offer: the current one (RFC 3264 §8).
             body = b"" if event.request.method == "UPDATE" else leg.sdp
-            self._apply(self.uas.answer_reoffer(event, body, now))
+            self.apply(self.uas.answer_reoffer(event, body, now))
             return
         leg.session_version += 1
         try:
             sdp = self._sdp(event.call, leg, offer=event.sdp)
         except SdpError as exc:
             leg.session_version -= 1
-            self._apply(self.uas.refuse_reoffer(event, 488, str(exc), now))
+            self.apply(self.uas.refuse_reoffer(event, 488, str(exc), now))
             return
         leg.sdp = sdp
         logger.info("call %s: %s", leg.call_id, "on hold" if leg.stream.on_hold else "media on")
-        self._apply(self.uas.answer_reoffer(event, sdp, now))
+        self.apply(self.uas.answer_reoffer(event, sdp, now))
 
     def _ended(self, event: CallEnded) -> None:
         leg = self.legs.get(event.call.key)
@@ -469,9 +421,9 @@ class SipIngress(asyncio.DatagramProtocol):
             return
         now = time.monotonic()
         if leg.call.state == "offered":
-            self._apply(self.uas.reject(leg.call, 480, now))
+            self.apply(self.uas.reject(leg.call, 480, now))
         elif leg.call.state != "ended":
-            self._apply(self.uas.bye(leg.call, now, reason))
+            self.apply(self.uas.bye(leg.call, now, reason))
         self._release(leg, reason)
 
     def transfer(self, leg: SipLeg, target: str) -> None:
@@ -487,7 +439,7 @@ class SipIngress(asyncio.DatagramProtocol):
             self.core.caller_input(leg.call_id, TransferFailed(target, 400))
             return
         leg.transfer_target = target
-        self._apply(out)
+        self.apply(out)
 
     def _transfer_result(self, event: TransferResult) -> None:
         leg = self.legs.get(event.call.key)

@@ -28,15 +28,13 @@ socket, the UAS and the registry:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
-from services.errors import SdpError, ServiceStartError, UserError
+from services.errors import SdpError, UserError
 from services.telephony.rtp_io import Pacer, RtpPorts
 from services.telephony.sip.transaction import Dropped, Send
 from services.telephony.sip.uas import UasSettings, UserAgentServer
@@ -51,6 +49,7 @@ from services.telephony.sip.uas_events import (
     TransferResult,
     UasCall,
 )
+from services.telephony.sip_io import UasEndpoint
 
 from .sip_calls import Answer, Bye, CallNotFound, FrontCommand, Refer, Reject, SipCalls, TimedOut
 from .sip_front_call import FrontCall, plan
@@ -73,7 +72,7 @@ class SipFrontSettings:
     user: str = "proj_localmodel"  # our Contact's user part (OpenAI's: the project id)
 
 
-class SipFront(asyncio.DatagramProtocol):
+class SipFront(UasEndpoint):
     def __init__(
         self,
         registry: SipCalls,
@@ -81,33 +80,19 @@ class SipFront(asyncio.DatagramProtocol):
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(clock=clock, name="the local model's SIP front")
         self.registry = registry
         self.settings = settings
-        self._clock = clock
-        self.uas: UserAgentServer | None = None
         self.pacer = Pacer(clock=clock)
         self._ports = RtpPorts(settings.host, *settings.rtp_ports) if settings.rtp_ports else None
         self.calls: dict[str, FrontCall] = {}  # by call_id
         self._by_key: dict[str, FrontCall] = {}  # by the UAS call's key
-        self._transport: asyncio.DatagramTransport | None = None
-        self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.port = 0
 
     # ----- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> int:
-        host, port = self.settings.host, self.settings.port
-        try:
-            await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: self, local_addr=(host, port)
-            )
-        except OSError as exc:
-            raise ServiceStartError(
-                f"the local model's SIP front cannot listen on udp {host}:{port} ({exc.strerror})"
-            ) from None
-        assert self._transport is not None
-        self.port = self._transport.get_extra_info("sockname")[1]
+        host = self.settings.host
+        await self.bind(host, self.settings.port, "choose another --sip-port")
         deadline = max(32.0, self.registry.accept_timeout_s + ANSWER_MARGIN_S)
         self.uas = UserAgentServer(
             UasSettings(
@@ -115,8 +100,8 @@ class SipFront(asyncio.DatagramProtocol):
             )
         )
         self.registry.add_listener(self._told)
-        self._spawn(self._timers())
-        self._spawn(self.pacer.run())
+        self.start_timers()
+        self.spawn(self.pacer.run())
         log.info("local model: SIP on udp %s:%d", host, self.port)
         return self.port
 
@@ -125,52 +110,14 @@ class SipFront(asyncio.DatagramProtocol):
         self.registry.remove_listener(self._told)
         for call in list(self.calls.values()):
             self._hang_up(call, 503)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._transport is not None:
-            self._transport.close()
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    # ----- datagrams in, timers ------------------------------------------------------------------
-
-    def connection_made(self, transport: Any) -> None:
-        self._transport = transport
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        if self.uas is None:
-            return
-        try:
-            self._apply(self.uas.receive(data, (addr[0], addr[1]), self._clock()))
-        except Exception:  # a bug on one message must not stop the socket
-            log.exception("local model: a SIP message from %s could not be handled", addr[0])
-        self._wake.set()
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("local model: SIP socket error: %s", exc)
-
-    async def _timers(self) -> None:
-        assert self.uas is not None
-        while True:
-            deadline = self.uas.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - self._clock())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            self._wake.clear()
-            self._apply(self.uas.tick(self._clock()))
+        await self.close()
 
     # ----- the UAS's outputs ---------------------------------------------------------------------
 
-    def _apply(self, outputs: list[Output]) -> None:
+    def apply(self, outputs: list[Output]) -> None:
         for item in outputs:
             if isinstance(item, Send):
-                if self._transport is not None:
-                    self._transport.sendto(item.data, item.destination)
+                self.send(item)
                 continue
             if isinstance(item, IncomingCall):
                 self._incoming(item.call)
@@ -181,7 +128,7 @@ class SipFront(asyncio.DatagramProtocol):
             call = self._by_key.get(item.call.key)
             if call is None:
                 if isinstance(item, Reoffer):  # a call we have already let go of
-                    self._apply(self._core().refuse_reoffer(item, 481, "no call", self._clock()))
+                    self.apply(self._core().refuse_reoffer(item, 481, "no call", self._clock()))
             elif isinstance(item, CallCancelled):
                 self.registry.cancelled(call.call_id)
                 self._release(call)
@@ -206,9 +153,9 @@ class SipFront(asyncio.DatagramProtocol):
         try:
             plan(uas_call.offer, self.settings.host)
         except SdpError as exc:
-            self._apply(self._core().reject(uas_call, 488, now, warning=str(exc)))
+            self.apply(self._core().reject(uas_call, 488, now, warning=str(exc)))
             return
-        self._apply(self._core().ringing(uas_call, now))
+        self.apply(self._core().ringing(uas_call, now))
         call_id = self.registry.incoming(list(uas_call.invite.headers))
         call = FrontCall(call_id, uas_call, self.settings.host)
         self.calls[call.call_id] = call
@@ -221,7 +168,7 @@ class SipFront(asyncio.DatagramProtocol):
         if call is None:
             return
         if isinstance(command, Answer):
-            self._spawn(self._answer(call, command.session))
+            self.spawn(self._answer(call, command.session))
         elif isinstance(command, Reject | TimedOut):
             self._hang_up(call, command.status if isinstance(command, Reject) else 480)
         elif isinstance(command, Refer):
@@ -238,7 +185,7 @@ class SipFront(asyncio.DatagramProtocol):
                 self._release(call)
                 return
             call.sdp = call.local_sdp(call.uas.offer)
-            self._apply(self._core().accept(call.uas, call.sdp, self._clock()))
+            self.apply(self._core().accept(call.uas, call.sdp, self._clock()))
         except Exception as exc:  # no RTP port (503), or a bug: this call fails, no other
             status = 503 if isinstance(exc, OSError) else 500
             log.warning("local model: SIP call %s not answered: %r", call.call_id, exc)
@@ -253,9 +200,9 @@ class SipFront(asyncio.DatagramProtocol):
             return
         now = self._clock()
         if call.uas.state == "offered":
-            self._apply(self._core().reject(call.uas, status, now))
+            self.apply(self._core().reject(call.uas, status, now))
         elif call.uas.state != "ended":
-            self._apply(self._core().bye(call.uas, now))
+            self.apply(self._core().bye(call.uas, now))
         self._release(call)
 
     def _refer(self, call: FrontCall) -> None:
@@ -263,7 +210,7 @@ class SipFront(asyncio.DatagramProtocol):
         if target is None:
             return
         try:
-            self._apply(self._core().refer(call.uas, target, self._clock()))
+            self.apply(self._core().refer(call.uas, target, self._clock()))
         except UserError as exc:
             log.warning("local model: REFER for %s not sent: %s", call.call_id, exc)
 
@@ -297,11 +244,11 @@ class SipFront(asyncio.DatagramProtocol):
         now = self._clock()
         if not event.sdp and event.request.method == "UPDATE":
             # A session refresh by UPDATE carries no offer and gets no answer (RFC 3311 §5.2).
-            self._apply(self._core().answer_reoffer(event, b"", now))
+            self.apply(self._core().answer_reoffer(event, b"", now))
             return
         try:
             sdp = call.reoffer(event.sdp) if call.stream is not None else call.sdp
         except SdpError as exc:
-            self._apply(self._core().refuse_reoffer(event, 488, str(exc), now))
+            self.apply(self._core().refuse_reoffer(event, 488, str(exc), now))
             return
-        self._apply(self._core().answer_reoffer(event, sdp, now))
+        self.apply(self._core().answer_reoffer(event, sdp, now))
