@@ -19,7 +19,7 @@ from typing import Protocol
 
 from aiohttp import WSMsgType, web
 
-from .webrtc_session import Listener
+from .engine_session import Listener
 
 __all__ = ["SidebandSession", "run_sideband"]
 

@@ -26,22 +26,17 @@ front and the sidebands each call in. :meth:`SipSession.end` is final and closes
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from services.aio import Cancellable, Timers
-from services.media.playout import PCM24K, Playout
-from services.media.vocabulary import Played
 
 from .audio import PCM, PCMU, AudioConverter, convert
 from .engine import RealtimeEngine
-from .output_audio_buffer import OutputAudioBuffer
-from .session_io import SESSION_UPDATED, SessionIO
-from .webrtc_session import Listener
+from .engine_session import EngineSession
+from .session_io import SessionIO
 
 __all__ = ["FRAME_BYTES", "FRAME_S", "SipSession"]
 
@@ -49,14 +44,13 @@ log = logging.getLogger(__name__)
 
 FRAME_S: Final = 0.02
 FRAME_BYTES: Final = 160  # 20 ms of 8 kHz μ-law
-OUTPUT_CLEAR: Final = "output_audio_buffer.clear"
 DTMF_KEYS: Final = frozenset("0123456789*#ABCD")
 # A pacer that fell this far behind (a stalled loop) starts again from now instead of
 # sending the missed frames in a burst.
 MAX_LAG_S: Final = 0.2
 
 
-class SipSession:
+class SipSession(EngineSession):
     def __init__(
         self,
         call_id: str,
@@ -69,37 +63,21 @@ class SipSession:
     ) -> None:
         """``clock`` (seconds, monotonic) and ``timers`` pace the audio and the engine; both
         default to the running loop's. ``unix_clock`` stamps DTMF events."""
-        loop = asyncio.get_running_loop()  # made by a request handler, on the loop
-        self.call_id = call_id
-        self.engine = engine
-        self.io = io
-        self._clock: Callable[[], float] = clock or loop.time
-        self._timers: Timers = timers or loop
+        super().__init__(call_id, engine, io, clock=clock, timers=timers)
         self._unix_clock = unix_clock
-        self.playout = Playout(report_ms=PCM24K.frame_ms)  # a report per frame, as WebRTC's
-        self.buffer = OutputAudioBuffer(self.playout, engine.new_id)
         self._caller = AudioConverter(PCMU, PCM)
-        self._listeners: set[Listener] = set()
         self._send_audio: Callable[[bytes], None] | None = None
         self._next_frame_at = 0.0
         self._pacer: Cancellable | None = None
-        self._tick_timer: Cancellable | None = None
-        self._tick_at: float | None = None
-        self.ended = asyncio.Event()
-        self.end_reason: str | None = None
-        self.frames_in = 0
         self.frames_out = 0
-        self._after()  # session.created: no sideband yet to hear it
+        self.after()  # session.created: no sideband yet to hear it
 
     # ----- the SIP front ----------------------------------------------------------------------
 
     def caller_audio(self, payload: bytes) -> None:
         """One RTP payload of the caller's μ-law audio."""
-        if self.ended.is_set():
-            return
-        self.frames_in += 1
-        self.engine.append_audio(self._caller.feed(payload), self._clock())
-        self._after()
+        if not self.ended.is_set():
+            self.audio_in(self._caller.feed(payload))
 
     def start_audio(self, send: Callable[[bytes], None]) -> None:
         """Call ``send`` with each 20 ms frame of the model's μ-law audio, from now on."""
@@ -112,7 +90,7 @@ class SipSession:
     def next_frame(self) -> bytes:
         """The next 20 ms of the model's audio (160 bytes of μ-law), as the caller hears it."""
         pcm, played = self.playout.next_frame()
-        self._played(played)
+        self.played(played)
         self.frames_out += 1
         return convert(pcm, PCM, PCMU)
 
@@ -125,33 +103,7 @@ class SipSession:
             "event": digit,
             "received_at": int(self._unix_clock()),
         }
-        self._send(event)
-
-    # ----- sidebands (.sideband.run_sideband) -----------------------------------------------
-
-    def add_listener(self, listener: Listener) -> None:
-        self._listeners.add(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        self._listeners.discard(listener)
-
-    def receive_client(self, message: str | bytes) -> None:
-        """A client event from a sideband."""
-        if self.ended.is_set():
-            return
-        clear = _output_clear(message)
-        if clear is not None:
-            self.io.observe("client", clear)
-            events, heard = self.buffer.clear()
-            for item_id, content_index, ms in heard:
-                self.engine.truncate_heard(item_id, content_index, ms)
-            for event in events:
-                self._send(event)
-        else:
-            obj = self.engine.receive_frame(message, self._clock())
-            if obj is not None:
-                self.io.observe("client", obj)
-        self._after()
+        self.send(event)
 
     # ----- the end ----------------------------------------------------------------------------
 
@@ -161,14 +113,12 @@ class SipSession:
             return
         self.end_reason = reason
         log.info("local model: SIP session %s ended: %s", self.call_id, reason)
-        for timer in (self._pacer, self._tick_timer):
-            if timer is not None:
-                timer.cancel()
-        self._pacer = self._tick_timer = None
+        if self._pacer is not None:
+            self._pacer.cancel()
+        self._pacer = None
+        self.stop_timer()
         self.io.close()
-        for listener in list(self._listeners):
-            listener.close()
-        self._listeners.clear()
+        self.close_listeners()
         self.ended.set()
 
     # ----- inside -----------------------------------------------------------------------------
@@ -183,58 +133,3 @@ class SipSession:
         if self._next_frame_at < now - MAX_LAG_S:
             self._next_frame_at = now
         self._pacer = self._timers.call_later(max(0.0, self._next_frame_at - now), self._pace)
-
-    def _tick(self) -> None:
-        self._tick_timer, self._tick_at = None, None
-        if self.ended.is_set():
-            return
-        self.engine.tick(self._clock())
-        self._after()
-
-    def _after(self) -> None:
-        """After the engine was fed: start its speech renderings, send what it emitted, and
-        be woken at its next deadline."""
-        self.io.start_renders(self.engine, self._tick)
-        for event in self.engine.take_events():
-            for out in self.buffer.route(event):
-                self._send(out)
-        deadline = self.engine.next_deadline()
-        if self._tick_timer is not None and deadline != self._tick_at:
-            self._tick_timer.cancel()
-            self._tick_timer, self._tick_at = None, None
-        if deadline is not None and self._tick_timer is None and not self.ended.is_set():
-            self._tick_at = deadline
-            self._tick_timer = self._timers.call_later(
-                max(0.0, deadline - self._clock()), self._tick
-            )
-
-    def _played(self, played: list[Played]) -> None:
-        for event in self.buffer.played(played):
-            self._send(event)
-
-    def _send(self, event: dict[str, Any]) -> None:
-        if event["type"] == SESSION_UPDATED and self.io.hold_session_updated(
-            lambda: self._send_now(event)
-        ):
-            return
-        self._send_now(event)
-
-    def _send_now(self, event: dict[str, Any]) -> None:
-        if self.ended.is_set():
-            return
-        self.io.observe("server", event)
-        if self._listeners:
-            text = json.dumps(event)
-            for listener in self._listeners:
-                listener.send(text)
-
-
-def _output_clear(message: str | bytes) -> dict[str, Any] | None:
-    """The client event if ``message`` is an ``output_audio_buffer.clear``, else ``None``."""
-    if not isinstance(message, str) or OUTPUT_CLEAR not in message:
-        return None
-    try:
-        obj = json.loads(message)
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) and obj.get("type") == OUTPUT_CLEAR else None

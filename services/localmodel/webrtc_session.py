@@ -26,42 +26,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Coroutine
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from aiortc import RTCPeerConnection
 
-from services.media.playout import PCM24K, Playout
-from services.media.vocabulary import Played
 from services.webrtc import jitter
 from services.webrtc.track import PacedTrack, read_caller
 
 from .engine import RealtimeEngine
-from .output_audio_buffer import OutputAudioBuffer
-from .session_io import SESSION_UPDATED, SessionIO
+from .engine_session import EngineSession
+from .session_io import SessionIO
 
 __all__ = ["CHANNEL", "WebRTCSession"]
 
 log = logging.getLogger(__name__)
 
 CHANNEL: Final = "oai-events"
-OUTPUT_CLEAR: Final = "output_audio_buffer.clear"
 # Events kept for a channel not open yet; a peer that never opens one (audio only) must not
 # grow the session without bound.
 MAX_UNSENT: Final = 1000
 
 
-class Listener(Protocol):
-    """Another party to the session's events (a sideband socket)."""
-
-    def send(self, text: str) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class WebRTCSession:
+class WebRTCSession(EngineSession):
     def __init__(
         self,
         call_id: str,
@@ -71,24 +59,13 @@ class WebRTCSession:
         *,
         connect_s: float = 10.0,
     ) -> None:
-        self.call_id = call_id
+        super().__init__(call_id, engine, io)
         self.pc = pc
-        self.engine = engine
-        self.io = io
         self.connect_s = connect_s
-        # A report per frame: the buffer's `started` goes out with the response's first frame.
-        self.playout = Playout(report_ms=PCM24K.frame_ms)
-        self.buffer = OutputAudioBuffer(self.playout, engine.new_id)
-        self.track = PacedTrack(self.playout, self._played)
+        self.track = PacedTrack(self.playout, self.played)
         self.channel: Any = None
-        self.ended = asyncio.Event()
-        self.end_reason: str | None = None
-        self.frames_in = 0
         self._unsent: list[str] = []
-        self._listeners: set[Listener] = set()
-        self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._loop = asyncio.get_running_loop()
 
     def attach(self) -> None:
         """Add our track and listen to the peer connection; before ``setRemoteDescription``."""
@@ -107,14 +84,8 @@ class WebRTCSession:
     def start(self) -> None:
         """Send what the engine has emitted so far (to the channel, once open) and watch the
         connect deadline; after the answer is made."""
-        self._after()
+        self.after()
         self._spawn(self._watch_connect())
-
-    def add_listener(self, listener: Listener) -> None:
-        self._listeners.add(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        self._listeners.discard(listener)
 
     def end(self, reason: str) -> None:
         if self.end_reason is None:
@@ -124,14 +95,10 @@ class WebRTCSession:
 
     async def close(self) -> None:
         self.end(self.end_reason or "closed")
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.stop_timer()
         self.io.close()
         self.track.stop()
-        for listener in list(self._listeners):
-            listener.close()
-        self._listeners.clear()
+        self.close_listeners()
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(Exception):
@@ -152,7 +119,7 @@ class WebRTCSession:
 
     def _on_track(self, track: Any) -> None:
         if track.kind == "audio":
-            self._spawn(read_caller(track, self._on_audio))
+            self._spawn(read_caller(track, self.audio_in))
 
     def _on_state(self) -> None:
         state = self.pc.connectionState
@@ -164,78 +131,9 @@ class WebRTCSession:
         if self.pc.connectionState != "connected":
             self.end(f"not connected within {self.connect_s:g} s")
 
-    # ----- into the engine ------------------------------------------------------------------
+    # ----- out -------------------------------------------------------------------------------
 
-    def receive_client(self, message: str | bytes) -> None:
-        """A client event, from the channel or a sideband."""
-        if self.ended.is_set():
-            return
-        clear = _output_clear(message)
-        if clear is not None:
-            self.io.observe("client", clear)
-            self._clear_output()
-        else:
-            obj = self.engine.receive_frame(message, self._loop.time())
-            if obj is not None:
-                self.io.observe("client", obj)
-        self._after()
-
-    def _on_audio(self, pcm: bytes) -> None:
-        if self.ended.is_set():
-            return
-        self.frames_in += 1
-        self.engine.append_audio(pcm, self._loop.time())
-        self._after()
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self.ended.is_set():
-            return
-        self.engine.tick(self._loop.time())
-        self._after()
-
-    def _clear_output(self) -> None:
-        events, heard = self.buffer.clear()
-        for item_id, content_index, ms in heard:
-            self.engine.truncate_heard(item_id, content_index, ms)
-        for event in events:
-            self._send(event)
-
-    # ----- out of the engine ----------------------------------------------------------------
-
-    def _after(self) -> None:
-        """After the engine was fed: start its speech renderings, send what it emitted, and
-        be woken at its next deadline."""
-        self.io.start_renders(self.engine, self._tick)
-        for event in self.engine.take_events():
-            for out in self.buffer.route(event):
-                self._send(out)
-        deadline = self.engine.next_deadline()
-        if self._timer is not None and (deadline is None or self._timer.when() != deadline):
-            self._timer.cancel()
-            self._timer = None
-        if deadline is not None and self._timer is None:
-            self._timer = self._loop.call_at(deadline, self._tick)
-
-    def _played(self, played: list[Played]) -> None:
-        # On the track's clock (aiortc's sender task): the buffer's started/stopped events.
-        for event in self.buffer.played(played):
-            self._send(event)
-
-    def _send(self, event: dict[str, Any]) -> None:
-        if event["type"] == SESSION_UPDATED and self.io.hold_session_updated(
-            lambda: self._send_now(event)
-        ):
-            return
-        self._send_now(event)
-
-    def _send_now(self, event: dict[str, Any]) -> None:
-        if self.ended.is_set():
-            return
-        self.io.observe("server", event)
-        text = json.dumps(event)
-        for listener in self._listeners:
-            listener.send(text)
+    def deliver(self, text: str) -> None:
         channel = self.channel
         if channel is None:
             if len(self._unsent) < MAX_UNSENT:
@@ -247,14 +145,3 @@ class WebRTCSession:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _output_clear(message: str | bytes) -> dict[str, Any] | None:
-    """The client event if ``message`` is an ``output_audio_buffer.clear``, else ``None``."""
-    if not isinstance(message, str) or OUTPUT_CLEAR not in message:
-        return None
-    try:
-        obj = json.loads(message)
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) and obj.get("type") == OUTPUT_CLEAR else None
