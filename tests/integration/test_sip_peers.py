@@ -215,3 +215,23 @@ async def test_a_hundred_sipp_calls_at_once_all_succeed(
         result.assert_ok(calls=100)
         await until(lambda: not host.calls, "every call ended")
     assert result.failed == 0 and result.successful == 100
+
+
+async def test_baresip_follows_the_agents_refer_to_a_configured_queue(
+    wire: WireValidator, tmp_path: Path
+) -> None:
+    # The billing queue is a PBX extension (sipp answering); baresip, transferred by our REFER,
+    # calls it, reports 200 by NOTIFY, and we leave the call with a BYE.
+    target = await Sipp("uas_answer.xml", tmp_path / "queue").start()
+    async with target:
+        queue = f"sip:billing@127.0.0.1:{target.sip_port}"
+        async with ingress(
+            wire, tmp_path, scenario=TRANSFER, transfer_targets=(("billing", queue),)
+        ) as (address, host):
+            caller = Baresip(tmp_path / "bs", tone_seconds=3.0)
+            result = await caller.call(f"sip:agent@127.0.0.1:{address[1]}")
+            await until(lambda: not host.calls, "our call ended after the transfer")
+        served = await target.wait(5)
+    assert "TRANSFER" in result.types() and result.types().count("CALL_ESTABLISHED") == 2
+    assert [m.first_line for m in served.received("INVITE")] == [f"INVITE {queue} SIP/2.0"]
+    assert [f["reason"] for f in events_of(host, "call.ended")] == ["transferred"]
