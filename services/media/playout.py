@@ -6,8 +6,9 @@ Model audio is queued per item; the ingress's pacer takes one frame per tick of 
 pacer is what the caller hears, a jitter buffer later, so playback accounting is exact to the
 frame: :class:`~services.media.vocabulary.Played` increments at least every ``report_ms`` of an
 item (and at its end), and a barge-in (:meth:`Playout.interrupt`) empties the queue in the same
-tick and says how much of the item playing then was handed out. Nothing here reads a clock:
-time advances one :meth:`Playout.next_frame` at a time.
+tick and says how much of the item playing then was handed out; audio of a cut item that is
+still on its way from the model is dropped when it comes. Nothing here reads a clock: time
+advances one :meth:`Playout.next_frame` at a time.
 
 The audio's framing is a :class:`FrameFormat`: 24 kHz PCM16 (``audio/pcm``, a WebRTC track's
 input) by default, or G.711 passed through to RTP (``audio/pcmu``/``audio/pcma``: 8 kHz, one byte
@@ -79,6 +80,11 @@ class Playout:
         self._silence = fmt.silence(fmt.frame_bytes)
         self.frames = 0
         self.silent_frames = 0
+        # Items a barge-in cut: audio of theirs still in flight from the model must not play
+        # (the model was told they were truncated; the Twilio path drops it the same way).
+        # Item ids are unique in a conversation, so keeping them for the call is safe.
+        self._cut: set[str] = set()
+        self.dropped_bytes = 0
 
     @property
     def queued_ms(self) -> float:
@@ -89,6 +95,9 @@ class Playout:
         return any(i.queued for i in self._items)
 
     def push(self, item_id: str, content_index: int, audio: bytes) -> None:
+        if item_id in self._cut:
+            self.dropped_bytes += len(audio)
+            return
         item = self._find(item_id, content_index)
         if item is None:
             item = _Item(item_id, content_index)
@@ -132,6 +141,8 @@ class Playout:
                 ms = item.handed_bytes // self._bytes_per_ms
                 heard.append((item.item_id, item.content_index, ms))
                 self._report(item, played)
+            if not item.done:  # more of it may be on its way
+                self._cut.add(item.item_id)
         self._items.clear()
         return PlaybackCut(tuple(heard)), played
 

@@ -121,3 +121,15 @@ def test_g711_accounting_is_exact_to_the_packet(fmt: FrameFormat, packets: int) 
     assert len(sent) == 160 * packets and fmt.silence_byte not in sent
     frame, played = playout.next_frame()  # the tick after the barge-in
     assert frame == idle(fmt) and played == [] and playout.queued_ms == 0
+
+
+def test_audio_of_a_cut_item_arriving_after_the_barge_in_is_dropped() -> None:
+    # The model was told the item was truncated; its deltas still in flight must not play.
+    playout = Playout(PCMU)
+    playout.push("i1", 0, b"\x11" * 480)
+    playout.next_frame()
+    playout.interrupt()
+    playout.push("i1", 0, b"\x22" * 320)  # late audio of the cut item
+    playout.push("i2", 0, b"\x33" * 160)  # the next response's
+    frame, _ = playout.next_frame()
+    assert frame == b"\x33" * 160 and playout.dropped_bytes == 320
