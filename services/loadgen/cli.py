@@ -1,8 +1,9 @@
-"""``callray loadtest``: simulated Twilio callers against a running ingress.
+"""``callray loadtest``: simulated Twilio or SIP callers against a running ingress.
 
 Settings come from the flags, plus ``TWILIO_AUTH_TOKEN`` and ``CALLRAY_PUBLIC_URL`` read once
 here (the entry point; STYLE.md practice 6) so that an ingress that checks
-``X-Twilio-Signature`` accepts the simulated calls.
+``X-Twilio-Signature`` accepts the simulated calls. ``--provider sip`` places SIP calls (INVITE,
+then μ-law RTP) at ``--target`` instead (127.0.0.1 only).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from services import aio
+from services.errors import UserError
 from services.loadgen.options import LoadOptions
 
 __all__ = ["add_loadtest_parser", "loadtest_command"]
@@ -24,16 +26,29 @@ def add_loadtest_parser(subparsers: argparse._SubParsersAction[argparse.Argument
     ``ArgumentParser.add_subparsers`` returned); it sets ``run`` to :func:`loadtest_command`."""
     parser = subparsers.add_parser(
         "loadtest",
-        help="simulated Twilio callers against a running ingress",
+        help="simulated Twilio or SIP callers against a running ingress",
         description=(
-            "Start simulated Twilio callers against a callray ingress and report call setup "
-            "time, per-frame echo latency and loss (with the local model in echo mode), and "
-            "barge-in timing. Prints the JSON report unless --out is given."
+            "Start simulated Twilio (or, with --provider sip, SIP/RTP) callers against a "
+            "callray ingress and report call setup time, per-frame echo latency and loss (with "
+            "the local model in echo mode), and barge-in timing. Prints the JSON report unless "
+            "--out is given."
         ),
     )
     defaults = LoadOptions()
     add = parser.add_argument
+    add(
+        "--provider",
+        choices=("twilio", "sip"),
+        default=defaults.provider,
+        help="how calls arrive: a Twilio webhook and media stream, or SIP/RTP (default "
+        "%(default)s)",
+    )
     add("--url", default=defaults.base_url, help="the ingress base URL (default %(default)s)")
+    add(
+        "--target",
+        default=defaults.target,
+        help="SIP: the UAS's udp address, 127.0.0.1:<port> (default %(default)s)",
+    )
     add("--calls", type=int, default=defaults.calls, help="number of calls (default %(default)s)")
     add(
         "--ramp",
@@ -41,6 +56,7 @@ def add_loadtest_parser(subparsers: argparse._SubParsersAction[argparse.Argument
         default=defaults.ramp_s,
         help="seconds over which calls start (default %(default)s)",
     )
+    add("--rate", type=float, help="calls started a second (instead of --ramp)")
     add(
         "--duration",
         type=float,
@@ -82,10 +98,14 @@ def loadtest_command(args: argparse.Namespace) -> int:
     from services.loadgen.runner import run_load
 
     gateway = load_gateway_settings(os.environ)
+    if args.rate is not None and not args.rate > 0:
+        raise UserError(f"--rate must be positive, got {args.rate}")
     options = LoadOptions(
+        provider=args.provider,
+        target=args.target,
         base_url=args.url,
         calls=args.calls,
-        ramp_s=args.ramp,
+        ramp_s=args.calls / args.rate if args.rate else args.ramp,
         duration_s=args.duration,
         barge_in_rate=args.barge_in_rate,
         wav=args.wav,
@@ -122,6 +142,12 @@ def summary(data: dict[str, Any]) -> str:
         f"calls {calls['requested']}: {calls['completed']} completed, "
         f"{calls['rejected']} rejected, {calls['failed']} failed"
     ]
+    invite = data["setup_ms"].get("invite_to_200")
+    if invite:
+        parts.append(f"INVITE to 200 p50 {invite['p50']:.0f} ms p99 {invite['p99']:.0f} ms")
+    sip = data.get("sip")
+    if sip and set(sip["final_status"]) - {"200"}:
+        parts.append("SIP finals " + ", ".join(f"{k}: {v}" for k, v in sip["final_status"].items()))
     setup = data["setup_ms"]["first_audio"]
     if setup:
         parts.append(f"first audio p50 {setup['p50']:.0f} ms")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from services.config import Secret
 from services.errors import UserError
 
-__all__ = ["MAX_CALLS", "MAX_DURATION_S", "LoadOptions"]
+__all__ = ["MAX_CALLS", "MAX_DURATION_S", "LoadOptions", "Provider"]
+
+Provider = Literal["twilio", "sip"]
+#: SIP calls go to this host only: the load generator binds and talks to loopback.
+SIP_HOST: Final = "127.0.0.1"
 
 #: Bounds that keep a typo from turning a load test into a flood or a day-long run.
 MAX_CALLS: Final = 10_000
@@ -32,6 +36,9 @@ class LoadOptions:
     (the local model's echo mode), which enables per-frame latency and loss accounting.
     ``auth_token``, when set, signs requests like Twilio (``X-Twilio-Signature``) over
     ``public_url`` (default ``base_url``), for an ingress that checks signatures.
+
+    ``provider`` is how calls arrive: ``twilio`` (a voice webhook at ``base_url``, then a media
+    stream) or ``sip`` (an INVITE to the UAS at ``target``, ``127.0.0.1:port``, then RTP).
     """
 
     base_url: str = "http://127.0.0.1:8080"
@@ -55,8 +62,15 @@ class LoadOptions:
     timeout_s: float = 10.0
     auth_token: Secret = dataclasses.field(default_factory=lambda: Secret(""))
     public_url: str | None = None
+    provider: Provider = "twilio"
+    target: str = f"{SIP_HOST}:5060"
+    sip_user: str = "agent"  # the Request-URI's user part
 
     def __post_init__(self) -> None:
+        if self.provider not in ("twilio", "sip"):
+            raise UserError(f"provider must be twilio or sip, got {self.provider!r}")
+        if self.provider == "sip":
+            self.target_address()  # raises on a bad target
         for name, url in (("base_url", self.base_url), ("public_url", self.public_url)):
             if url is not None:
                 parts = urlsplit(url)
@@ -83,6 +97,13 @@ class LoadOptions:
                     f"a {self.duration_s} s call is too short for a {self.barge_in_ms} ms "
                     f"barge-in after a {self.opening_ms} ms opening"
                 )
+
+    def target_address(self) -> tuple[str, int]:
+        """``target`` as (host, port); only 127.0.0.1 is allowed."""
+        host, _, port = self.target.rpartition(":")
+        if host != SIP_HOST or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UserError(f"target must be {SIP_HOST}:<port>, got {self.target!r}")
+        return host, int(port)
 
     def barge_in_window(self) -> tuple[float, float]:
         """The earliest and latest time (s after the stream starts) a barge-in may be planned."""

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final, TextIO
+from typing import Final, Protocol, TextIO
 
 import aiohttp
 import numpy as np
@@ -29,6 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from services.errors import CallrayError, TransportError
 from services.loadgen.audio import load_wav_ulaw, tone_ulaw
+from services.loadgen.measurements import CallStats
 from services.loadgen.media_leg import MediaLeg
 from services.loadgen.media_socket import MediaSocket
 from services.loadgen.options import LoadOptions
@@ -44,7 +44,7 @@ from services.loadgen.twiml_reader import (
 from services.loadgen.wire import StreamIdentity, new_sid
 from services.telephony.twilio_signature import SIGNATURE_HEADER, public_request_url
 
-__all__ = ["run_load"]
+__all__ = ["LiveStatus", "run_load"]
 
 Clock = Callable[[], float]
 _PROGRESS_INTERVAL_S: Final = 0.5
@@ -61,14 +61,19 @@ async def run_load(
     ``progress`` receives a live status line; by default stderr when it is a terminal or when
     ``options.progress`` asks for it. ``clock`` must count seconds like the event loop's clock
     (sleeps are the loop's); it is a parameter so measurements can be read on another clock
-    that runs at the same rate.
+    that runs at the same rate. ``options.provider`` says how calls arrive; SIP calls are
+    placed by :func:`services.loadgen.sip_runner.run_sip_load`.
     """
+    if options.provider == "sip":
+        from services.loadgen.sip_runner import run_sip_load
+
+        return await run_sip_load(options, clock=clock, progress=progress)
     speech = load_wav_ulaw(options.wav) if options.wav else tone_ulaw(1000)
     if progress is None and (
         options.progress or (options.progress is None and sys.stderr.isatty())
     ):
         progress = sys.stderr
-    live = _Live()
+    live = LiveStatus()
     run = _Run(options, speech, clock, live, account_sid=new_sid("AC"))
     started = clock()
     timeout = aiohttp.ClientTimeout(total=options.timeout_s)
@@ -94,7 +99,13 @@ class _Run:
     """Shared state of one load test: its options, the caller's voice, the clock."""
 
     def __init__(
-        self, options: LoadOptions, speech: bytes, clock: Clock, live: _Live, *, account_sid: str
+        self,
+        options: LoadOptions,
+        speech: bytes,
+        clock: Clock,
+        live: LiveStatus,
+        *,
+        account_sid: str,
     ) -> None:
         self.options = options
         self.speech = speech
@@ -118,20 +129,7 @@ class _Run:
         return result
 
     def script(self, index: int) -> CallerScript:
-        o = self.options
-        barge_after = None
-        if o.barges_in(index):
-            low, high = o.barge_in_window()
-            barge_after = random.Random(o.seed * 1_000_003 + index).uniform(low, high)
-        return CallerScript(
-            duration_s=o.duration_s,
-            speech=self.speech,
-            opening_ms=o.opening_ms,
-            barge_in_after_s=barge_after,
-            barge_in_ms=o.barge_in_ms,
-            echo=o.echo,
-            drain_s=o.drain_s,
-        )
+        return CallerScript.for_call(self.options, index, self.speech)
 
     async def call(self, http: aiohttp.ClientSession, index: int) -> CallResult:
         identity = StreamIdentity.generate(self.account_sid)
@@ -217,19 +215,26 @@ class _Run:
         return await MediaSocket.connect(url, headers=headers, max_size=_MAX_APP_MESSAGE_BYTES)
 
 
-class _Live:
+class _Measured(Protocol):
+    """A simulated caller of any provider: what the progress line reads of it."""
+
+    @property
+    def stats(self) -> CallStats: ...
+
+
+class LiveStatus:
     """What the progress line shows: call counts, frames, the p99 of recent echo latencies."""
 
     def __init__(self) -> None:
         self.active = self.done = self.failed = self.rejected = 0
         self.frames_done = 0
-        self._callers: dict[TwilioCaller, int] = {}  # -> echo latencies already taken
+        self._callers: dict[_Measured, int] = {}  # -> echo latencies already taken
         self._recent: deque[float] = deque(maxlen=_RECENT_LATENCIES)
 
-    def attach(self, caller: TwilioCaller) -> None:
+    def attach(self, caller: _Measured) -> None:
         self._callers[caller] = 0
 
-    def detach(self, caller: TwilioCaller) -> None:
+    def detach(self, caller: _Measured) -> None:
         self._take_latencies(caller)
         del self._callers[caller]
 
@@ -250,7 +255,7 @@ class _Live:
             f"rejected {self.rejected} | frames sent {frames} | echo p99 {p99}"
         )
 
-    def _take_latencies(self, caller: TwilioCaller) -> None:
+    def _take_latencies(self, caller: _Measured) -> None:
         echo = caller.stats.echo
         if echo is not None:
             self._recent.extend(echo.latencies_ms[self._callers[caller] :])

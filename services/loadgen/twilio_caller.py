@@ -22,13 +22,16 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import random
 from collections.abc import Mapping
 from typing import Final
 
 from services.loadgen.audio import FRAME_BYTES, FRAME_MS, SILENCE
 from services.loadgen.frame_tags import TAG_BYTES, TagScanner, tag_frame
 from services.loadgen.measurements import BargeIn, CallStats, EchoLedger
+from services.loadgen.options import LoadOptions
 from services.loadgen.playback import TwilioPlaybackBuffer
+from services.loadgen.voice import Voice
 from services.loadgen.wire import (
     PlayClear,
     PlayMark,
@@ -65,6 +68,25 @@ class CallerScript:
     def frames(self) -> int:
         return math.ceil(self.duration_s / _FRAME_S - 1e-9)
 
+    @classmethod
+    def for_call(cls, options: LoadOptions, index: int, speech: bytes) -> CallerScript:
+        """Caller ``index``'s script in a load: every 1/rate-th caller barges in, at a time
+        drawn from the options' window by a generator seeded with the run's seed and the
+        index, so a run can be repeated call for call."""
+        barge_after = None
+        if options.barges_in(index):
+            low, high = options.barge_in_window()
+            barge_after = random.Random(options.seed * 1_000_003 + index).uniform(low, high)
+        return cls(
+            duration_s=options.duration_s,
+            speech=speech,
+            opening_ms=options.opening_ms,
+            barge_in_after_s=barge_after,
+            barge_in_ms=options.barge_in_ms,
+            echo=options.echo,
+            drain_s=options.drain_s,
+        )
+
 
 class CallerPhase(enum.Enum):
     CONNECTING = "connecting"
@@ -99,8 +121,7 @@ class TwilioCaller:
         self._started_at = 0.0
         self._tick = 0  # index of the next tick on the 20 ms grid
         self._drain_until = math.inf
-        self._speech_at = 0  # read position in script.speech
-        self._speech_frames_left = 0
+        self._voice = Voice(script, self.stats)
         self._frames = script.frames  # computed, so read once
 
     # --- driver interface --------------------------------------------------------------------
@@ -182,41 +203,17 @@ class TwilioCaller:
             barge.ended_at = now  # the call's end cut the burst short
 
     def _media_frame(self, index: int, now: float) -> str:
-        frame = self._speech_frame() if self._speaking(index, now) else _SILENT_FRAME
+        frame = (
+            self._voice.frame()
+            if self._voice.speaking(index, now, self.playback.is_playing)
+            else _SILENT_FRAME
+        )
         stats = self.stats
         if stats.echo is not None:
             frame = tag_frame(frame, index)
             stats.echo.on_sent(index, now)
         stats.frames_sent += 1
         return self.codec.media(chunk=index + 1, timestamp_ms=index * FRAME_MS, payload=frame)
-
-    def _speaking(self, index: int, now: float) -> bool:
-        if index * FRAME_MS < self.script.opening_ms:
-            return True
-        barge = self.stats.barge_in
-        if barge is not None and barge.started_at is None:
-            elapsed = index * _FRAME_S
-            # Only speech over model audio is an interruption; until the model talks, wait.
-            if elapsed >= barge.after_s and self.playback.is_playing:
-                barge.started_at = now
-                barge.first_sequence = index
-                self._speech_frames_left = max(1, self.script.barge_in_ms // FRAME_MS)
-                self._speech_at = 0  # say the utterance again from its start
-        if self._speech_frames_left == 0:
-            return False
-        self._speech_frames_left -= 1
-        if self._speech_frames_left == 0 and barge is not None:
-            barge.ended_at = now
-        return True
-
-    def _speech_frame(self) -> bytes:
-        speech = self.script.speech
-        if self._speech_at + FRAME_BYTES > len(speech):
-            self._speech_at = 0
-        frame = speech[self._speech_at : self._speech_at + FRAME_BYTES]
-        self._speech_at += FRAME_BYTES
-        self.stats.speech_frames_sent += 1
-        return frame
 
     def _echo_marks(self, names: list[str]) -> list[str]:
         self.stats.marks_echoed += len(names)
