@@ -329,7 +329,7 @@ class SipIngress(UasEndpoint):
         leg.sdp = self._sdp(call, leg)
         # Our call id in the 200, so the PBX's records can name the call as our events do.
         finish(uas.accept(call, leg.sdp, now, [("X-Callray-Call-Id", call_id)]), 200)
-        self.pacer.streams.add(stream)
+        self.pacer.add(stream)
 
     def _plan(self, call: UasCall) -> NegotiatedAudio:
         """What we will send and receive (checked before a port is taken, so an offer we cannot
@@ -461,6 +461,6 @@ class SipIngress(UasEndpoint):
         leg.ended = True
         self.core.caller_gone(leg.call_id, reason)
         self.legs.pop(leg.call.key, None)
-        self.pacer.streams.discard(leg.stream)
+        self.pacer.remove(leg.stream)
         leg.stream.close()
         self.core.release(leg.call_id, leg)

@@ -56,6 +56,7 @@ class ToneTrack(MediaStreamTrack):
     def __init__(self, hz: float = 440.0) -> None:
         super().__init__()
         self.hz = hz
+        self.level = 0.3  # of full scale: speech to any VAD
         self.speaking = False
         self.sent_onsets: list[float] = []  # when each tone began to go out
         self._was_speaking = False
@@ -82,7 +83,7 @@ class ToneTrack(MediaStreamTrack):
                 self.sent_onsets.append(time.monotonic())
             self._was_speaking = self.speaking
             t = (np.arange(SAMPLES) + self._n * SAMPLES) / RATE
-            level = 0.3 if self.speaking else 0.0
+            level = self.level if self.speaking else 0.0
             pcm = (np.sin(2 * np.pi * self.hz * t) * level * 32767).astype(np.int16)
         frame = av.AudioFrame(format="s16", layout="mono", samples=SAMPLES)
         frame.planes[0].update(pcm.tobytes())

@@ -192,7 +192,7 @@ class SipFront(UasEndpoint):
             self._hang_up(call, status)
             self.registry.caller_hung_up(call.call_id)
             return
-        self.pacer.streams.add(stream)
+        self.pacer.add(stream)
 
     def _hang_up(self, call: FrontCall, status: int) -> None:
         """End a call from our side: ``status`` to an INVITE not answered yet, else BYE."""
@@ -224,7 +224,7 @@ class SipFront(UasEndpoint):
         self.calls.pop(call.call_id, None)
         self._by_key.pop(call.uas.key, None)
         if call.stream is not None:
-            self.pacer.streams.discard(call.stream)
+            self.pacer.remove(call.stream)
         call.close()
 
     # ----- SDP after the answer ----------------------------------------------------------------

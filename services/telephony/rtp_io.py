@@ -170,7 +170,8 @@ class RtpStream(asyncio.DatagramProtocol):
 
 
 class Pacer:
-    """Every stream's next frame, every 20 ms of one monotonic clock."""
+    """Every stream's next frame, every 20 ms of one monotonic clock; asleep while there is
+    no stream (a SIP port that takes no calls costs no wake-ups)."""
 
     def __init__(
         self,
@@ -179,16 +180,30 @@ class Pacer:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_late: Callable[[float], None] | None = None,
     ) -> None:
-        self.streams: set[RtpStream] = set()
+        self.streams: set[RtpStream] = set()  # add() and remove(), so the pacer wakes
+        self._busy = asyncio.Event()
         self._clock = clock
         self._sleep = sleep
         self._on_late = on_late
         self.ticks = 0
 
+    def add(self, stream: RtpStream) -> None:
+        self.streams.add(stream)
+        self._busy.set()
+
+    def remove(self, stream: RtpStream) -> None:
+        self.streams.discard(stream)
+        if not self.streams:
+            self._busy.clear()
+
     async def run(self) -> None:
         due = self._clock()
         next_report = due + 1.0
         while True:
+            if not self.streams:
+                self._busy.clear()
+                await self._busy.wait()
+                due = self._clock()  # a new first stream: the clock starts again
             now = self._clock()
             if due > now:
                 await self._sleep(due - now)
@@ -203,7 +218,7 @@ class Pacer:
                     stream.tick(now)
                 except Exception:  # one call's bug must not silence the others
                     logger.exception("an RTP stream failed its tick; it is dropped")
-                    self.streams.discard(stream)
+                    self.remove(stream)
             if now >= next_report:
                 next_report = now + 1.0
                 for stream in self.streams:

@@ -207,10 +207,45 @@ async def test_the_pacer_ticks_every_20_ms_of_its_clock_and_measures_lateness() 
         def report(self) -> None:
             pass
 
-    pacer.streams.add(Stream())  # type: ignore[arg-type]
+    pacer.add(Stream())  # type: ignore[arg-type]
     task = asyncio.ensure_future(pacer.run())
     while pacer.ticks < 5:
         await asyncio.sleep(0)
     task.cancel()
     assert [round(t - 100.0, 3) for t in ticked[:5]] == [0.0, 0.021, 0.041, 0.061, 0.081]
     assert [round(x, 4) for x in lateness[:5]] == [0.0, 0.001, 0.001, 0.001, 0.001]
+
+
+async def test_the_pacer_sleeps_without_streams_and_starts_its_clock_with_the_first() -> None:
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        await asyncio.sleep(0)
+
+    pacer = Pacer(clock=lambda: now[0], sleep=sleep)
+    task = asyncio.ensure_future(pacer.run())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert pacer.ticks == 0 and now[0] == 0.0  # no stream: no tick, no wake-up
+
+    ticked: list[float] = []
+
+    class Stream:
+        def tick(self, at: float) -> None:
+            ticked.append(round(at, 6))
+
+        def report(self) -> None: ...
+
+    stream = Stream()
+    now[0] = 5.0
+    pacer.add(stream)  # type: ignore[arg-type]
+    while pacer.ticks < 3:
+        await asyncio.sleep(0)
+    assert ticked[:3] == [5.0, 5.02, 5.04]  # a fresh clock, no catch-up of the idle time
+    pacer.remove(stream)  # type: ignore[arg-type]
+    ticks = pacer.ticks
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert pacer.ticks <= ticks + 1
+    task.cancel()
