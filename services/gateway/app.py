@@ -123,6 +123,7 @@ class Gateway:
         await self._runner.setup()
         assert self._runner.server is not None
         self._guard = asyncio.create_task(guard_connections(self._runner.server, self.settings))
+        await self.webrtc.warm_up()
         await web.TCPSite(self._runner, host, port).start()
         if self.sip is not None:
             await self.sip.start()

@@ -31,6 +31,7 @@ import secrets
 import time
 from typing import Any
 
+import av
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
@@ -56,7 +57,7 @@ from services.observability import metrics
 from services.telephony.stream_tokens import StreamTokens
 from services.webrtc import ice, jitter
 from services.webrtc.offer import MAX_OFFER_BYTES, CandidatePolicy, check_offer
-from services.webrtc.track import PacedTrack, read_caller
+from services.webrtc.track import Downmix, PacedTrack, read_caller
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +265,23 @@ class WebRTCIngress:
         self._calls: set[asyncio.Task[None]] = set()
         ice.install(self._webrtc.ice_addresses)
         ice.install_port_range(self._webrtc.port_range)
+
+    async def warm_up(self) -> None:
+        """Before the first caller: one offer made and dropped (aiortc's SDP, certificate and
+        ICE gathering code, PyAV's Opus and resampler set up once per process), so their
+        first-use cost does not land on the first browser's answer."""
+        pc = RTCPeerConnection(ice.rtc_configuration(self._webrtc))
+        try:
+            pc.addTrack(PacedTrack(Playout(), lambda _played: None))
+            pc.createDataChannel("warm-up")
+            await pc.setLocalDescription(await pc.createOffer())
+            frame = av.AudioFrame(format="s16", layout="stereo", samples=960)
+            frame.sample_rate = 48_000  # as aiortc decodes Opus (reference/webrtc-sip.md §2.1)
+            Downmix()(frame)
+        except Exception:  # a warm-up is worth nothing if it fails: the first call pays
+            logger.warning("the WebRTC warm-up failed", exc_info=True)
+        finally:
+            await pc.close()
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/webrtc/token", self.token)

@@ -236,3 +236,20 @@ async def test_with_its_port_range_full_an_offer_gets_503_and_frees_its_seat(
     finally:
         blocker.close()
         ice.reset_port_range()
+
+
+async def test_the_warm_up_at_start_makes_an_offer_and_leaves_nothing_behind(
+    wire: WireValidator, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gc
+
+    from aiortc import RTCPeerConnection
+
+    async with running_gateway(wire, webrtc=LOOPBACK) as (base, _host):
+        assert "WebRTC warm-up failed" not in caplog.text
+        gc.collect()
+        live = [o for o in gc.get_objects() if isinstance(o, RTCPeerConnection)]
+        assert all(pc.connectionState == "closed" for pc in live)
+        caller = WebRTCCaller(base)  # and the first call is answered as any other
+        assert await caller.dial() == 201
+        await caller.hang_up()
