@@ -41,7 +41,8 @@ from typing import Any
 
 from services.loadgen.audio import FRAME_BYTES, SILENCE, tone_ulaw
 from services.loadgen.frame_tags import TagScanner, tag_frame
-from services.loadgen.twilio_caller import CallerScript, TwilioCaller
+from services.loadgen.script import CallerScript
+from services.loadgen.twilio_caller import TwilioCaller
 from services.loadgen.wire import StreamIdentity, TwilioCallerCodec
 from services.telephony.media_streams import MediaReceived, TwilioSerializer
 

@@ -1,8 +1,10 @@
 """Simulated callers and the latency/loss report (``callray loadtest``).
 
-Twilio callers today: :class:`TwilioCaller` is the sans-I/O behaviour of one call's media stream
-(Twilio's messages, pacing and playback), :func:`run_load` drives many of them against an ingress
-over real HTTP and WebSockets and returns a :class:`LoadReport`.
+:class:`CallerScript` is what one caller does, whatever its provider. :class:`TwilioCaller` is
+the sans-I/O behaviour of one Twilio call's media stream (Twilio's messages, pacing and
+playback); SIP callers are :mod:`.sip_uac` (signalling) and :mod:`.rtp_caller` (media).
+:func:`run_load` drives many of them against an ingress (Twilio over HTTP and WebSockets, or
+SIP/RTP over UDP: ``--provider``) and returns a :class:`LoadReport`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from services.loadgen.options import LoadOptions
 from services.loadgen.report import CallResult, LoadReport
-from services.loadgen.twilio_caller import CallerScript, TwilioCaller
+from services.loadgen.script import CallerScript
+from services.loadgen.twilio_caller import TwilioCaller
 
 if TYPE_CHECKING:
     from services.loadgen.runner import run_load

@@ -1,6 +1,6 @@
 """One simulated SIP caller's media, sans-I/O: RTP datagrams and ``now`` in, datagrams out.
 
-:class:`RtpCaller` plays the same :class:`~services.loadgen.twilio_caller.CallerScript` as the
+:class:`RtpCaller` plays the same :class:`~services.loadgen.script.CallerScript` as the
 Twilio caller, over RTP instead of a media stream (RFC 3550; PCMU, RFC 3551 §4.5.14): one
 160-byte μ-law packet every 20 ms on its own grid, its voice for the opening and a barge-in and
 silence otherwise; in echo mode every frame carries its sequence tag (:mod:`.frame_tags`), and
@@ -48,7 +48,8 @@ from services.loadgen.audio import FRAME_BYTES, FRAME_MS, SILENCE
 from services.loadgen.frame_tags import TAG_BYTES, TagScanner, tag_frame
 from services.loadgen.measurements import BargeIn, CallStats, EchoLedger
 from services.loadgen.playback import BYTES_PER_MS, TwilioPlaybackBuffer
-from services.loadgen.twilio_caller import CallerPhase, CallerScript
+from services.loadgen.script import CallerScript
+from services.loadgen.twilio_caller import CallerPhase
 from services.loadgen.voice import Voice
 from services.telephony.rtp import RtpPacket, RtpSender
 

@@ -32,12 +32,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, TextIO, cast
 
 from services.loadgen.audio import load_wav_ulaw, tone_ulaw
+from services.loadgen.live_status import LiveStatus
 from services.loadgen.options import SIP_HOST, LoadOptions
 from services.loadgen.report import CallResult, LoadReport
 from services.loadgen.rtp_caller import RtpCaller
-from services.loadgen.runner import LiveStatus
+from services.loadgen.script import CallerScript
 from services.loadgen.sip_uac import Answered, HungUp, Output, Refused, Send, SipUac, UacCall
-from services.loadgen.twilio_caller import CallerScript, TwilioCaller
+from services.loadgen.twilio_caller import TwilioCaller
 
 __all__ = ["BUSY_STATUS", "SipLoadReport", "run_sip_load"]
 

@@ -4,13 +4,9 @@ media stream, SIP/RTP), which only put the frames on their wire. Sans-I/O."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from services.loadgen.audio import FRAME_BYTES, FRAME_MS
 from services.loadgen.measurements import CallStats
-
-if TYPE_CHECKING:  # the script lives with the Twilio caller, which uses this module
-    from services.loadgen.twilio_caller import CallerScript
+from services.loadgen.script import CallerScript
 
 _FRAME_S = FRAME_MS / 1000
 

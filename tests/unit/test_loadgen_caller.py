@@ -21,7 +21,8 @@ from services.loadgen.frame_tags import TagScanner, tag_frame
 from services.loadgen.histogram_png import encode_png, render_histogram, write_histogram_png
 from services.loadgen.options import LoadOptions
 from services.loadgen.report import CallResult, Histogram, LoadReport, summarize
-from services.loadgen.twilio_caller import CallerScript, TwilioCaller
+from services.loadgen.script import CallerScript
+from services.loadgen.twilio_caller import TwilioCaller
 from services.loadgen.twiml_reader import (
     Rejected,
     StreamAnswer,

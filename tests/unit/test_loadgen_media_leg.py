@@ -24,7 +24,8 @@ from services.errors import MediaStreamProtocolError
 from services.loadgen.audio import tone_ulaw
 from services.loadgen.media_leg import MediaLeg
 from services.loadgen.media_socket import MediaSocket
-from services.loadgen.twilio_caller import CallerScript, TwilioCaller
+from services.loadgen.script import CallerScript
+from services.loadgen.twilio_caller import TwilioCaller
 from services.loadgen.wire import StreamIdentity
 from services.telephony.media_streams import TwilioSerializer
 from tests.conftest import TIMEOUT_FACTOR

@@ -9,7 +9,7 @@ from collections import deque
 from services.loadgen.audio import tone_ulaw
 from services.loadgen.frame_tags import TagScanner
 from services.loadgen.rtp_caller import CUT_RUN, RtpCaller
-from services.loadgen.twilio_caller import CallerScript
+from services.loadgen.script import CallerScript
 from services.telephony.rtp import RtpPacket, RtpSender
 
 IDLE = b"\xff" * 160
