@@ -90,6 +90,7 @@ class Cluster:
             tool_timeout_s=settings.tool_timeout_s,
             events_maxlen=settings.events_maxlen,
             media=settings.media,
+            max_call_s=settings.max_call_s,
         )
         self.host_pids[host_id] = _ray.call_sync(handle, "start", timeout=60.0)
         self.hosts[host_id] = handle

@@ -40,6 +40,7 @@ class SessionHostActor:
         tool_timeout_s: float = 30.0,
         events_maxlen: int = 100_000,
         media: MediaSettings | None = None,
+        max_call_s: float = 0.0,
     ) -> None:
         media = media or MediaSettings()
         logs.configure_from_env()  # this actor's process: its entry point
@@ -65,6 +66,7 @@ class SessionHostActor:
             on_call_end=self._call_ended,
             append_ms=media.append_ms,
             conversations=RedisConversations(self._redis),
+            max_call_s=max_call_s,
         )
         # Media to and from ingresses streams over this socket, not actor calls.
         self._channel = MediaChannelServer(

@@ -140,6 +140,9 @@ class RuntimeSettings:
     # On SIGTERM calls in progress may finish for this long; then each ends with a spoken
     # goodbye (services/up.py).
     drain_timeout_s: float = 30.0
+    # A call this long ends with the agent's goodbye (outcome max_duration); 0: no limit. With
+    # it, a drain's grace period can be sized to the longest call.
+    max_call_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -348,6 +351,7 @@ def load_runtime_settings(env: Mapping[str, str]) -> RuntimeSettings:
         data_dir=env.get("CALLRAY_DATA_DIR", "").strip() or d.data_dir,
         media=load_media_settings(env),
         drain_timeout_s=_float(env, "CALLRAY_DRAIN_TIMEOUT_S", d.drain_timeout_s),
+        max_call_s=_float(env, "CALLRAY_MAX_CALL_SECONDS", d.max_call_s),
     )
 
 

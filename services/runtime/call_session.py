@@ -72,6 +72,8 @@ from services.runtime.held_transcripts import HeldTranscripts, Line
 
 logger = logging.getLogger(__name__)
 
+# The outcome of a call that reached CALLRAY_MAX_CALL_SECONDS (it ends with the agent's goodbye).
+MAX_DURATION = "max_duration"
 # After the agent decides to hang up or transfer, its last words still play; the call ends at
 # the end of that response, or after this long at the latest.
 CONTROL_GRACE_S = 10.0
@@ -147,6 +149,7 @@ class CallSession(CallControl):
         conversations: ConversationStore | None = None,
         save_record: Callable[[str, int, Items], None] | None = None,
         sip_calls: SipCallControl | None = None,
+        max_call_s: float = 0.0,
     ) -> None:
         self.call_id = spec.call_id
         self._log = logs.for_call(logger, spec.call_id)
@@ -168,6 +171,8 @@ class CallSession(CallControl):
         # A call OpenAI's SIP connector holds: we accept it over REST, then attach (sip.py).
         self._sip = spec.transport == OPENAI_SIP
         self._sip_calls = sip_calls
+        self._max_call_s = max_call_s
+        self._max_timer: Any = None
         if self._sip:
             self.transport = OpenAIRealtimeSIP(
                 model=model.model, playback=self.tracker, create_websocket=create_websocket
@@ -232,6 +237,12 @@ class CallSession(CallControl):
         elif self.spec.greet:
             self.session.transport.request_response()
         self._events.emit("call.started", self.call_id, transport=self.spec.transport)
+        if self._max_call_s > 0:
+            # From this session's start: a call moved to another host gets its full length
+            # again there (its start is not carried across the move).
+            self._max_timer = self._timers.call_later(
+                self._max_call_s, self.say_goodbye, MAX_DURATION
+            )
 
     async def _accept_sip(self) -> None:
         """Answer the SIP call at the model with the agent's config (the seed's
@@ -283,6 +294,8 @@ class CallSession(CallControl):
             self._cut_timer.cancel()
         if self._transcript_timer is not None:
             self._transcript_timer.cancel()
+        if self._max_timer is not None:
+            self._max_timer.cancel()
         self._pending_audio.clear()
         self._write_transcript(self._transcripts.flush())
         try:
@@ -369,8 +382,9 @@ class CallSession(CallControl):
         self._control_timer = self._timers.call_later(CONTROL_GRACE_S, self._do_control)
 
     def say_goodbye(self, reason: str) -> None:
-        """End the call with a spoken goodbye (the node is stopping): the agent says it, then
-        the call is hung up with ``reason``, within ``GOODBYE_GRACE_S`` at most."""
+        """End the call with a spoken goodbye (the node is stopping, the call reached
+        ``CALLRAY_MAX_CALL_SECONDS``): the agent says it, then the call is hung up with
+        ``reason``, within ``GOODBYE_GRACE_S`` at most."""
         if self.ended is not None or self._ending is not None:
             return
         hangup = Hangup(self.call_id, reason)

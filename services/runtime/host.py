@@ -59,8 +59,10 @@ class CallHost:
         clock: Callable[[], float] = time.monotonic,
         append_ms: int = 20,
         conversations: ConversationStore | None = None,
+        max_call_s: float = 0.0,
     ) -> None:
         self.host_id = host_id
+        self._max_call_s = max_call_s
         # Each call's conversation, saved at each turn so another host can resume the call.
         self._conversations = conversations or MemoryConversations()
         self._records = ConversationWriter(self._conversations, on_superseded=self._moved_away)
@@ -111,6 +113,7 @@ class CallHost:
             conversations=self._conversations,
             save_record=self._records.save,
             sip_calls=self._sip_calls,
+            max_call_s=self._max_call_s,
         )
         self.calls[spec.call_id] = call
         try:

@@ -276,3 +276,31 @@ async def test_an_agent_line_cut_short_is_written_once_with_what_the_caller_hear
     assert line["item_id"] == item and line["text"]
     assert line["interrupted"] is True and line["heard_ms"] == 140
     assert line["audio_ms"] > 140
+
+
+async def test_a_call_at_its_longest_ends_with_the_agents_goodbye(
+    model: LocalModelServer, events: ListEventSink, wire: WireValidator
+) -> None:
+    capped = CallHost(
+        "h1",
+        model=MODEL,
+        model_url=model.url,
+        agents=load_agents(),
+        tool_runner=InProcessToolRunner(),
+        events=events,
+        capacity=10,
+        max_call_s=0.5,
+    )
+    await capped.open_call(CallSpec("c1"))
+    got = await collect(capped, lambda got: any(isinstance(c, Hangup) for c in got), "hang-up")
+    assert [c.reason for c in got if isinstance(c, Hangup)] == ["max_duration"]
+    # The goodbye was asked of the model first (the response marked as ours).
+    assert any(
+        e["type"] == "response.create"
+        and (e.get("response") or {}).get("metadata", {}).get("callray") == "goodbye"
+        for e in wire.client_log
+    )
+    async with asyncio.timeout(5 * TIMEOUT_FACTOR):
+        while capped.calls:
+            await asyncio.sleep(0.02)
+    assert [f["reason"] for k, c, f in events.events if k == "call.ended"] == ["max_duration"]
