@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Final
 
 from prometheus_client import (
@@ -239,6 +239,14 @@ def call_ended(transport: str, host: str, outcome: str) -> None:
 def call_outcome(transport: str, outcome: str) -> None:
     """A call that never started, or ended where its host could not count it (host lost)."""
     CALLS_TOTAL.labels(transport, outcome).inc()
+
+
+def declare_rejection_reasons(reasons: Iterable[str]) -> None:
+    """Create each reason's counter at 0 now. A counter born at its first rejection has no
+    earlier sample, so ``increase()`` over it reads 0 and a rejection alert never fires (seen
+    in a live scrape: two real rejections, increase 0)."""
+    for reason in reasons:
+        ADMISSION_REJECTIONS.labels(reason)
 
 
 def call_rejected(reason: str) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 BUSY_CLUSTER = "cluster_at_capacity"
 BUSY_HOSTS = "no_host_with_capacity"
 NO_HOSTS = "no_session_hosts"
+# Every reason admission refuses a call for: their counters exist from the start at 0.
+REJECTION_REASONS = (BUSY_CLUSTER, BUSY_HOSTS, NO_HOSTS)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

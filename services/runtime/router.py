@@ -19,7 +19,7 @@ from services.errors import CallrayError
 from services.media.vocabulary import MOVED, CallSpec
 from services.observability import metrics
 from services.runtime.events import EventSink
-from services.runtime.placement import Placement, Rejected
+from services.runtime.placement import REJECTION_REASONS, Placement, Rejected
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +213,7 @@ class RouterCore:
     # ----- health --------------------------------------------------------------------------------
 
     def start(self) -> None:
+        metrics.declare_rejection_reasons(REJECTION_REASONS)
         self._spawn(self._health_loop())
 
     def _spawn(self, coro: Any) -> None:

@@ -4,6 +4,7 @@ round by round through the injected sleep, with fake hosts; nothing waits on a w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -225,4 +226,22 @@ async def test_host_handles_lists_every_registered_host_until_it_is_released() -
         await asyncio.sleep(0)
     assert core.released == ["a"]
     assert core.host_handles() == {"b": "handle-b"}
+    await core.close()
+
+
+async def test_every_rejection_reason_is_counted_from_zero_at_start() -> None:
+    # A counter born at its first rejection gives increase() nothing to compare: the alert on
+    # rejections would never fire.
+    from services.observability import metrics
+    from services.runtime.placement import REJECTION_REASONS
+
+    for reason in REJECTION_REASONS:  # as in a fresh process (other tests may have rejected)
+        with contextlib.suppress(KeyError):
+            metrics.ADMISSION_REJECTIONS.remove(reason)
+    assert "callray_admission_rejections_total{" not in metrics.render()[0].decode()
+    core = RouterCore(cluster_capacity=10, events=ListEventSink(), sleep=VirtualTime().sleep)
+    core.start()
+    text = metrics.render()[0].decode()
+    for reason in REJECTION_REASONS:
+        assert f'callray_admission_rejections_total{{reason="{reason}"}}' in text
     await core.close()
