@@ -16,6 +16,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from services.errors import ActorGone
+from services.runtime import resources
 
 NAMESPACE = "callray"
 ROUTER_NAME = "callray-router"
@@ -35,10 +36,27 @@ def init(
     ray.init(
         namespace=NAMESPACE,
         num_cpus=num_cpus,
+        resources=dict(resources.LOCAL),  # every actor kind may run on this one node
         include_dashboard=False,
         runtime_env=runtime_env,
         log_to_driver=False,
     )
+
+
+def resources_in_use() -> dict[str, float]:
+    """How many units of each actor kind's resource are held now, cluster-wide (Ray updates
+    this with its resource reports, so it may lag a moment behind the actors)."""
+    total = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    free = ray.available_resources()  # type: ignore[no-untyped-call]
+    kinds = set(resources.BY_ACTOR.values())
+    return {k: float(total.get(k, 0.0)) - float(free.get(k, 0.0)) for k in sorted(kinds)}
+
+
+def missing_resources() -> list[str]:
+    """The actor kinds' resources no node of the joined cluster offers: their actors would
+    wait forever (a worker group offers them in ``rayStartParams.resources``)."""
+    offered = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return [k for k in sorted(set(resources.BY_ACTOR.values())) if not offered.get(k)]
 
 
 def shutdown() -> None:
@@ -52,8 +70,11 @@ def is_initialized() -> bool:
 
 def _remote(cls: type, **options: Any) -> Any:
     # Hosts are asyncio actors with their own concurrency limits: many concurrent methods,
-    # no CPU reservation (feasibility §2: num_cpus=0 schedules freely).
-    return ray.remote(cls).options(num_cpus=0, max_concurrency=10_000, **options)
+    # no CPU reservation (feasibility §2: num_cpus=0 schedules freely); where they may run is
+    # their kind's custom resource (services/runtime/resources.py).
+    kind = resources.BY_ACTOR.get(cls.__name__)
+    held = {kind: resources.UNIT} if kind is not None else {}
+    return ray.remote(cls).options(num_cpus=0, max_concurrency=10_000, resources=held, **options)
 
 
 def start_actor(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from services.config import Settings
+from services.errors import ConfigError
 from services.redis_client import without_password
 
 logger = logging.getLogger(__name__)
@@ -187,6 +188,13 @@ def run_up(settings: Settings, *, open_browser: bool = False) -> int:
             },
         )
         stack.callback(_ray.shutdown)
+        missing = _ray.missing_resources()
+        if missing:  # a joined cluster: its actors would wait for a node that never comes
+            raise ConfigError(
+                f"the Ray cluster at {rt.ray_address} offers no {', '.join(missing)}: start its "
+                "nodes with them (ray start --resources='{\"callray_router\": 1, ...}', or "
+                "KubeRay rayStartParams.resources); see services/runtime/resources.py"
+            )
         lines.append(f"ray       {rt.ray_address or 'local (ray.init)'}")
 
         cluster = start_cluster(rt, redis_url=redis_url, model=model, model_url=model_url)

@@ -23,6 +23,7 @@ from actors.driver_ingress import DriverIngress
 from services.config import ModelSettings, RuntimeSettings, Secret
 from services.embedded.model_process import ModelProcess
 from services.media.vocabulary import CallerHungUp, CallSpec, PlayAudio
+from services.runtime import resources
 from services.runtime.placement import BUSY_CLUSTER, Rejected
 from services.runtime.router import Opened
 from services.telephony.g711 import ulaw_encode
@@ -339,3 +340,27 @@ def test_callray_drain_waits_for_the_calls_then_the_host_is_released(
     assert victim in cluster.status()["released"]
     assert cluster.reconcile() == [] and victim not in cluster.hosts  # not replaced
     hang_up_all(cluster, ingress, [o for o in opened if o.host_id != victim] + [later])
+
+
+def test_each_actor_holds_its_kinds_resource(make_cluster: Callable[..., Cluster]) -> None:
+    # On KubeRay a worker group offers its kind's resource: actors land only there, and a pod
+    # holding a session host is never idle to the autoscaler (services/runtime/resources.py).
+    assert _ray.missing_resources() == []  # a local Ray offers every kind (callray up, tests)
+    # Earlier tests' actors are gone by now, but Ray reports their units free a moment later.
+    wait_until(lambda: not any(_ray.resources_in_use().values()), "earlier tests' actors released")
+    before = _ray.resources_in_use()
+    cluster = make_cluster(hosts=2, executors=1)
+    want = {
+        resources.ROUTER: 1.0,
+        resources.SESSION_HOST: 2.0,
+        resources.TOOL_EXECUTOR: 1.0,
+        resources.INGRESS: 0.0,
+    }
+
+    def held() -> dict[str, float]:
+        now = _ray.resources_in_use()
+        return {k: now[k] - before.get(k, 0.0) for k in want}
+
+    wait_until(lambda: held() == want, f"the actors' resources held ({held()})")
+    cluster.stop()
+    wait_until(lambda: all(v == 0.0 for v in held().values()), "released when they stop")
