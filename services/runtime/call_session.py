@@ -486,11 +486,14 @@ class CallSession(CallControl):
         self._write_transcript(self._transcripts.cut(event.item_id, event.audio_end_ms))
 
     def _write_transcript(self, lines: list[Line]) -> None:
-        due = self._transcripts.next_due()
-        if due is not None and self._transcript_timer is None:
-            self._transcript_timer = self._timers.call_later(
-                max(0.0, due - self._clock()), self._overdue_transcripts
-            )
+        # Called for every playback report: look for the next due line only when no timer
+        # waits for one already.
+        if self._transcript_timer is None:
+            due = self._transcripts.next_due()
+            if due is not None:
+                self._transcript_timer = self._timers.call_later(
+                    max(0.0, due - self._clock()), self._overdue_transcripts
+                )
         for line in lines:
             fields: dict[str, Any] = {"item_id": line.item_id}
             if line.interrupted:
