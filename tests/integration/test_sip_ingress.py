@@ -130,3 +130,18 @@ async def test_a_transfer_is_a_refer_then_a_bye_or_the_agent_is_told_it_failed(
             await caller.hang_up()
             await until(lambda: not host.calls, "the call ended")
         await caller.close()
+
+
+async def test_a_caller_whose_rtp_stops_is_taken_for_gone(wire: WireValidator) -> None:
+    # A trunk that died without a BYE: no RTP for CALLRAY_SIP_RTP_TIMEOUT_S ends the call.
+    settings = sip(rtp_timeout_s=1.0)
+    async with running_gateway(wire, sip=settings) as (_base, host):
+        caller = SipCaller(("127.0.0.1", settings.port or 0))
+        assert await caller.dial() == 200
+        await until(lambda: bool(host.calls), "the call up")
+        caller._remote_rtp = None  # its RTP stops; no BYE comes
+        await until(lambda: not host.calls, "the call ended by the RTP watchdog")
+        ended = [f for k, _c, f in host._events.events if k == "call.ended"]
+        assert [f["reason"] for f in ended] == ["rtp_timeout"]
+        assert caller.closed_reason == "rtp_timeout"  # and the caller got a BYE saying why
+        await caller.close()
