@@ -21,16 +21,12 @@ from services.telephony.g711 import pcm16_to_ulaw, ulaw_decode
 from tests.sip_peers import (
     Baresip,
     Sipp,
-    ack_for,
     analyse_wav,
-    edge_cases,
     require_raw_socket,
-    send_raw,
-    sip_request,
-    status_of,
     tone_pcm16,
     write_wav,
 )
+from tests.sip_raw import ack_for, edge_cases, send_raw, sip_request, status_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
